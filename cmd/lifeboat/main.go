@@ -1,0 +1,45 @@
+// Command lifeboat makes Ceph RBD snapshots taken through Kubernetes CSI
+// real backups. This is its admin CLI and, later, its agent.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Exit codes shared by every command: 0 all good, 1 the command worked and
+// found problems, 2 it could not do its job (unreachable servers, bad
+// credentials, bad flags).
+const (
+	exitOK       = 0
+	exitProblems = 1
+	exitError    = 2
+)
+
+// errProblems tells main to exit 1 after a command printed its findings.
+var errProblems = errors.New("problems found")
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	root := newRootCmd()
+	root.SetArgs(args)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := root.ExecuteContext(ctx)
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, errProblems):
+		return exitProblems
+	default:
+		fmt.Fprintln(os.Stderr, "lifeboat:", err)
+		return exitError
+	}
+}

@@ -1,0 +1,5 @@
+//go:build pacific
+
+package main
+
+const cephRelease = "pacific"

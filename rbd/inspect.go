@@ -1,0 +1,271 @@
+package rbd
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/ceph/go-ceph/rados"
+	librbd "github.com/ceph/go-ceph/rbd"
+)
+
+// Image features, librbd's RBD_FEATURE_*.
+const (
+	FeatureLayering    uint64 = 1 << 0
+	FeatureDeepFlatten uint64 = 1 << 5
+	FeatureOperations  uint64 = 1 << 8
+	FeatureFastDiff    uint64 = 1 << 4
+	FeatureObjectMap   uint64 = 1 << 3
+	featureStripingV2  uint64 = 1 << 1
+	featureExclusive   uint64 = 1 << 2
+	featureJournaling  uint64 = 1 << 6
+	featureDataPool    uint64 = 1 << 7
+	featureMigrating   uint64 = 1 << 9
+	featureNonPrimary  uint64 = 1 << 10
+	featureDirtyCache  uint64 = 1 << 11
+)
+
+var featureNames = []struct {
+	bit  uint64
+	name string
+}{
+	{FeatureLayering, "layering"}, {featureStripingV2, "striping"}, {featureExclusive, "exclusive-lock"},
+	{FeatureObjectMap, "object-map"}, {FeatureFastDiff, "fast-diff"}, {FeatureDeepFlatten, "deep-flatten"},
+	{featureJournaling, "journaling"}, {featureDataPool, "data-pool"}, {FeatureOperations, "operations"},
+	{featureMigrating, "migrating"}, {featureNonPrimary, "non-primary"}, {featureDirtyCache, "dirty-cache"},
+}
+
+// FeatureNames names the bits set in f, in the order `rbd info` prints them.
+func FeatureNames(f uint64) []string {
+	names := []string{}
+	for _, n := range featureNames {
+		if f&n.bit != 0 {
+			names = append(names, n.name)
+		}
+	}
+	return names
+}
+
+// Snapshot namespaces, as `rbd snap ls --all` names them.
+const (
+	NamespaceUser  = "user"
+	NamespaceTrash = "trash"
+	NamespaceGroup = "group"
+)
+
+// SnapInfo is one snapshot of an image, in any snapshot namespace.
+type SnapInfo struct {
+	ID   uint64 `json:"id"`
+	Name string `json:"name"`
+	// Namespace is user, trash or group. A trash snapshot's Name is a
+	// UUID; TrashName is the name it had before it was removed.
+	Namespace string `json:"namespace"`
+	TrashName string `json:"trashName,omitempty"`
+	Size      uint64 `json:"size"`
+}
+
+// ParentInfo is where a clone's data comes from, and whether it is still
+// there.
+type ParentInfo struct {
+	PoolID    uint64 `json:"poolID"`
+	Pool      string `json:"pool"`
+	Namespace string `json:"namespace"`
+	Image     string `json:"image"`
+	ImageID   string `json:"imageID"`
+	// InTrash is true when the parent image was moved to the RBD trash
+	// (ceph-csi does that when a volume with snapshots is deleted).
+	InTrash bool   `json:"inTrash"`
+	SnapID  uint64 `json:"snapID"`
+	Snap    string `json:"snap"`
+	// SnapNamespace is "trash" for ceph-csi snapshots: the temporary
+	// snapshot was removed after cloning and lives on, hidden, while the
+	// clone needs it.
+	SnapNamespace string `json:"snapNamespace,omitempty"`
+	SnapTrashName string `json:"snapTrashName,omitempty"`
+	// Missing says what of the parent is gone: "" (nothing), "image" or
+	// "snapshot". MissingErr says why.
+	Missing    string `json:"missing,omitempty"`
+	MissingErr string `json:"missingError,omitempty"`
+}
+
+// Spec is pool[/ns]/image@snap.
+func (p ParentInfo) Spec() string {
+	s := p.Pool + "/"
+	if p.Namespace != "" {
+		s += p.Namespace + "/"
+	}
+	return s + p.Image + "@" + p.Snap
+}
+
+// ImageInfo is what lifeboat knows of an RBD image after Inspect.
+type ImageInfo struct {
+	Pool       string      `json:"pool"`
+	Namespace  string      `json:"namespace"`
+	Name       string      `json:"name"`
+	ID         string      `json:"id"`
+	Size       uint64      `json:"size"`
+	Order      int         `json:"order"`
+	ObjectSize uint64      `json:"objectSize"`
+	Format     int         `json:"format"`
+	Features   uint64      `json:"-"`
+	OpFeatures uint64      `json:"-"`
+	Parent     *ParentInfo `json:"parent,omitempty"`
+	Overlap    uint64      `json:"overlap"`
+	Snapshots  []SnapInfo  `json:"snapshots"`
+}
+
+// FeatureNames and OpFeatureNames are for printing.
+func (i *ImageInfo) FeatureNames() []string   { return FeatureNames(i.Features) }
+func (i *ImageInfo) OpFeatureNames() []string { return OpFeatureNames(i.OpFeatures) }
+
+// Snapshot returns the user-namespace snapshot with that name, if any.
+func (i *ImageInfo) Snapshot(name string) (SnapInfo, bool) {
+	for _, s := range i.Snapshots {
+		if s.Name == name && s.Namespace == NamespaceUser {
+			return s, true
+		}
+	}
+	return SnapInfo{}, false
+}
+
+// ErrImageNotFound is wrapped when the image does not exist.
+var ErrImageNotFound = errors.New("image not found")
+
+// Inspect reads an image's metadata: size, layout, features, parent (and
+// whether the parent and its snapshot still exist) and all snapshots. It
+// never writes.
+func (c *Cluster) Inspect(pool, namespace, name string) (*ImageInfo, error) {
+	ioctx, err := c.IOContext(pool, namespace)
+	if err != nil {
+		return nil, err
+	}
+	defer ioctx.Destroy()
+	where := Ref{Pool: pool, Namespace: namespace, Image: name}.Spec()
+
+	img, err := librbd.OpenImageReadOnly(ioctx, name, librbd.NoSnapshot)
+	if err != nil {
+		if errors.Is(err, librbd.ErrNotFound) {
+			return nil, fmt.Errorf("%w: %s", ErrImageNotFound, where)
+		}
+		return nil, fmt.Errorf("opening image %s: %w", where, err)
+	}
+	defer img.Close()
+
+	info := &ImageInfo{Pool: pool, Namespace: namespace, Name: name}
+	if err := readBasics(img, info); err != nil {
+		return nil, fmt.Errorf("inspecting %s: %w", where, err)
+	}
+	if info.OpFeatures, err = opFeatures(ioctx, info.ID); err != nil {
+		return nil, fmt.Errorf("inspecting %s: %w", where, err)
+	}
+	if info.Snapshots, err = listSnapshots(img); err != nil {
+		return nil, fmt.Errorf("listing snapshots of %s: %w", where, err)
+	}
+	if info.Parent, err = c.readParent(img); err != nil {
+		return nil, fmt.Errorf("reading parent of %s: %w", where, err)
+	}
+	if info.Parent != nil {
+		if info.Overlap, err = img.GetOverlap(); err != nil {
+			return nil, fmt.Errorf("reading overlap of %s: %w", where, err)
+		}
+	}
+	return info, nil
+}
+
+func readBasics(img *librbd.Image, info *ImageInfo) error {
+	var err error
+	if info.ID, err = img.GetId(); err != nil {
+		return err
+	}
+	st, err := img.Stat()
+	if err != nil {
+		return err
+	}
+	info.Size, info.Order, info.ObjectSize = st.Size, int(st.Order), st.Obj_size
+	info.Format = 2
+	if old, err := img.IsOldFormat(); err != nil {
+		return err
+	} else if old {
+		info.Format = 1
+	}
+	info.Features, err = img.GetFeatures()
+	return err
+}
+
+func listSnapshots(img *librbd.Image) ([]SnapInfo, error) {
+	snaps, err := img.GetSnapshotNames()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]SnapInfo, 0, len(snaps))
+	for _, s := range snaps {
+		si := SnapInfo{ID: s.Id, Name: s.Name, Size: s.Size}
+		si.Namespace, si.TrashName, err = snapNamespace(img, s.Id)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot %s: %w", s.Name, err)
+		}
+		out = append(out, si)
+	}
+	return out, nil
+}
+
+func snapNamespace(img *librbd.Image, id uint64) (ns, trashName string, err error) {
+	t, err := img.GetSnapNamespaceType(id)
+	if err != nil {
+		return "", "", err
+	}
+	switch t {
+	case librbd.SnapNamespaceTypeTrash:
+		trashName, err = img.GetSnapTrashNamespace(id)
+		return NamespaceTrash, trashName, err
+	case librbd.SnapNamespaceTypeGroup:
+		return NamespaceGroup, "", nil
+	default:
+		return NamespaceUser, "", nil
+	}
+}
+
+// readParent returns nil for an image without a parent (never a clone, or
+// flattened). It opens the parent by ID, which works in the RBD trash too,
+// to tell whether the parent image and its snapshot are still there.
+func (c *Cluster) readParent(img *librbd.Image) (*ParentInfo, error) {
+	p, err := img.GetParent()
+	if errors.Is(err, librbd.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	pi := &ParentInfo{
+		PoolID: p.Image.PoolID, Pool: p.Image.PoolName, Namespace: p.Image.PoolNamespace,
+		Image: p.Image.ImageName, ImageID: p.Image.ImageID, InTrash: p.Image.Trash,
+		SnapID: p.Snap.ID, Snap: p.Snap.SnapName,
+	}
+	c.checkParent(pi)
+	return pi, nil
+}
+
+func (c *Cluster) checkParent(pi *ParentInfo) {
+	ioctx, err := c.IOContext(pi.Pool, pi.Namespace)
+	if err != nil {
+		pi.Missing, pi.MissingErr = "image", err.Error()
+		return
+	}
+	defer ioctx.Destroy()
+	parent, err := librbd.OpenImageByIdReadOnly(ioctx, pi.ImageID, librbd.NoSnapshot)
+	if err != nil {
+		pi.Missing, pi.MissingErr = "image", fmt.Sprintf("opening parent image %s (id %s): %v", pi.Image, pi.ImageID, err)
+		return
+	}
+	defer parent.Close()
+	pi.SnapNamespace, pi.SnapTrashName, err = snapNamespace(parent, pi.SnapID)
+	if err != nil {
+		pi.Missing, pi.MissingErr = "snapshot", fmt.Sprintf("parent snapshot id %d of %s: %v", pi.SnapID, pi.Image, err)
+	}
+}
+
+// headerExists tells a missing image from one whose header is there but
+// cannot be opened (for instance because its parent is gone).
+func headerExists(ioctx *rados.IOContext, imageID string) bool {
+	_, err := ioctx.Stat("rbd_header." + imageID)
+	return err == nil
+}

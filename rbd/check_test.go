@@ -86,3 +86,15 @@ func TestRefSpec(t *testing.T) {
 		t.Errorf("Spec = %q", got)
 	}
 }
+
+func TestValidKey(t *testing.T) {
+	for k, want := range map[string]bool{
+		"AQDGZQZr8zJSERAA+bWkIqELpG3bHlsqdbGaCQ==": true,
+		"AQBWrongKeyWrongKeyWrongKeyWrongKeyWrong==": false,
+		"": false, "not base64!": false, "AQAAAA==": false,
+	} {
+		if got := validKey(k); got != want {
+			t.Errorf("validKey(%q) = %v, want %v", k, got, want)
+		}
+	}
+}

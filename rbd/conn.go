@@ -4,6 +4,8 @@
 package rbd
 
 import (
+	"encoding/base64"
+	"encoding/binary"
 	"context"
 	"errors"
 	"fmt"
@@ -110,6 +112,11 @@ func Connect(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 }
 
 func newConn(cfg ClusterConfig) (*rados.Conn, error) {
+	// librados logs a key it cannot decode, verbatim, to stderr: refuse it
+	// here instead.
+	if cfg.Key != "" && !validKey(cfg.Key) {
+		return nil, fmt.Errorf("the cephx key of client.%s is not a Ceph key (base64 of a 28-byte CryptoKey, like ceph auth get-key prints)", cfg.User)
+	}
 	var conn *rados.Conn
 	var err error
 	if cfg.User != "" {
@@ -130,8 +137,8 @@ func newConn(cfg ClusterConfig) (*rados.Conn, error) {
 		{"client_mount_timeout", secs},
 		{"rados_mon_op_timeout", secs},
 		{"rados_osd_op_timeout", secs},
-		// A client library has no business writing to /var/log/ceph.
-		{"log_file", ""},
+		// librados prints messenger errors to stderr by default; lifeboat
+		// reports errors itself.
 		{"log_to_stderr", "false"},
 		{"err_to_stderr", "false"},
 	}
@@ -248,4 +255,14 @@ func (r *Registry) Close() {
 		}
 		delete(r.clusters, id)
 	}
+}
+
+// validKey checks the shape of a cephx key: base64 of a CryptoKey, which is
+// a u16 type, a u64 creation time, a u16 secret length and the secret.
+func validKey(k string) bool {
+	b, err := base64.StdEncoding.DecodeString(k)
+	if err != nil || len(b) < 12 {
+		return false
+	}
+	return int(binary.LittleEndian.Uint16(b[10:12])) == len(b)-12
 }

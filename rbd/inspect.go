@@ -1,6 +1,7 @@
 package rbd
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -143,10 +144,7 @@ func (c *Cluster) Inspect(pool, namespace, name string) (*ImageInfo, error) {
 
 	img, err := librbd.OpenImageReadOnly(ioctx, name, librbd.NoSnapshot)
 	if err != nil {
-		if errors.Is(err, librbd.ErrNotFound) {
-			return nil, fmt.Errorf("%w: %s", ErrImageNotFound, where)
-		}
-		return nil, fmt.Errorf("opening image %s: %w", where, err)
+		return nil, openError(ioctx, name, where, err)
 	}
 	defer img.Close()
 
@@ -263,9 +261,42 @@ func (c *Cluster) checkParent(pi *ParentInfo) {
 	}
 }
 
-// headerExists tells a missing image from one whose header is there but
-// cannot be opened (for instance because its parent is gone).
-func headerExists(ioctx *rados.IOContext, imageID string) bool {
-	_, err := ioctx.Stat("rbd_header." + imageID)
-	return err == nil
+// ErrParentMissing is wrapped when an image exists but librbd cannot open
+// it because the parent it hangs from is gone.
+var ErrParentMissing = errors.New("parent image gone")
+
+// openError explains a failed open. librbd opens a clone's parent along with
+// the clone, so ENOENT means either the image or its parent is gone: the
+// image's own id and header objects tell which.
+func openError(ioctx *rados.IOContext, name, where string, err error) error {
+	if !errors.Is(err, librbd.ErrNotFound) {
+		return fmt.Errorf("opening image %s: %w", where, err)
+	}
+	id, idErr := imageIDFromName(ioctx, name)
+	if idErr != nil {
+		return fmt.Errorf("%w: %s", ErrImageNotFound, where)
+	}
+	if _, statErr := ioctx.Stat("rbd_header." + id); statErr != nil {
+		return fmt.Errorf("%w: %s (id %s has no header object)", ErrImageNotFound, where, id)
+	}
+	return fmt.Errorf("%w: %s (id %s) exists but librbd cannot open it: its parent image or snapshot is missing (%v)",
+		ErrParentMissing, where, id, err)
+}
+
+// imageIDFromName reads rbd_id.<name>, where RBD keeps a format 2 image's
+// id as a length-prefixed string.
+func imageIDFromName(ioctx *rados.IOContext, name string) (string, error) {
+	buf := make([]byte, 128)
+	n, err := ioctx.Read("rbd_id."+name, buf, 0)
+	if err != nil {
+		return "", err
+	}
+	if n < 4 {
+		return "", fmt.Errorf("rbd_id.%s is too short", name)
+	}
+	l := int(binary.LittleEndian.Uint32(buf[:4]))
+	if 4+l > n {
+		return "", fmt.Errorf("rbd_id.%s is malformed", name)
+	}
+	return string(buf[4 : 4+l]), nil
 }

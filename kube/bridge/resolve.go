@@ -142,6 +142,8 @@ func problemCode(err error) (rbd.Code, bool) {
 		return rbd.PoolNotFound, true
 	case errors.Is(err, rbd.ErrImageNotFound):
 		return rbd.ImageNotFound, true
+	case errors.Is(err, rbd.ErrParentMissing):
+		return rbd.ParentMissing, true
 	}
 	return "", false
 }

@@ -142,16 +142,15 @@ func (b *Bridge) checkAll(ctx context.Context, all []kube.Snapshot) (map[string]
 
 // check verifies one snapshot. Problems go into the report; an error is
 // returned only when the check itself could not be made.
-func (b *Bridge) check(ctx context.Context, s kube.Snapshot) (checked, error) {
-	rep := SnapshotReport{Name: s.Content.Name, VolumeSnapshot: s.VolumeSnapshotName(), SnapshotHandle: s.Handle(), Problems: []rbd.Problem{}}
-	c := checked{}
+func (b *Bridge) check(ctx context.Context, s kube.Snapshot) (c checked, err error) {
+	rep := &c.report
+	*rep = SnapshotReport{Name: s.Content.Name, VolumeSnapshot: s.VolumeSnapshotName(), SnapshotHandle: s.Handle(), Problems: []rbd.Problem{}}
 	add := func(p ...rbd.Problem) { rep.Problems = append(rep.Problems, p...) }
 	defer func() {
 		rep.Status = StatusOK
 		if len(rep.Problems) > 0 {
 			rep.Status = StatusProblem
 		}
-		c.report = rep
 	}()
 	if !s.Ready() {
 		add(rbd.Problem{Code: rbd.NotReady, Message: fmt.Sprintf("VolumeSnapshotContent %s is not readyToUse%s", s.Content.Name, contentError(s))})

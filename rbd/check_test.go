@@ -89,7 +89,7 @@ func TestRefSpec(t *testing.T) {
 
 func TestValidKey(t *testing.T) {
 	for k, want := range map[string]bool{
-		"AQDGZQZr8zJSERAA+bWkIqELpG3bHlsqdbGaCQ==": true,
+		"AQDGZQZr8zJSERAA+bWkIqELpG3bHlsqdbGaCQ==":   true,
 		"AQBWrongKeyWrongKeyWrongKeyWrongKeyWrong==": false,
 		"": false, "not base64!": false, "AQAAAA==": false,
 	} {

@@ -4,9 +4,9 @@
 package rbd
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/binary"
-	"context"
 	"errors"
 	"fmt"
 	"strconv"

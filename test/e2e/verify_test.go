@@ -431,4 +431,3 @@ func writeFile(t *testing.T, p, s string) {
 		t.Fatal(err)
 	}
 }
-

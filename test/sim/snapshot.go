@@ -1,0 +1,429 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ceph/go-ceph/rbd"
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Snapshot is a ceph-csi RBD snapshot with its VolumeSnapshot and
+// VolumeSnapshotContent.
+type Snapshot struct {
+	ImageName   string // RBD clone csi-snap-<uuid>
+	SnapName    string // RBD snapshot on the clone, also csi-snap-<uuid>
+	UUID        string // journal UUID
+	Handle      string // CSI snapshot handle (VSC status.snapshotHandle)
+	ImageID     string // RBD image ID of the clone
+	RequestName string // CSI CreateSnapshot name, snapshot-<VS uid>
+	ContentName string // VolumeSnapshotContent snapcontent-<VS uid>
+	VSNamespace string
+	VSName      string
+	Backup      string // Velero backup name ("" when none)
+	Size        uint64 // restore size in bytes
+	CreatedAt   time.Time
+	// ParentImage is the source image (journal csi.source) and
+	// ParentSnapID the ID of the temporary snapshot, now in the parent's
+	// trash snapshot namespace, that the clone hangs from.
+	ParentImage  string
+	ParentSnapID uint64
+	Source       *Volume // nil when it could not be resolved (LookupSnapshot)
+}
+
+// snapshotFeatures are the features ceph-csi gives snapshot clones.
+const snapshotFeatures = rbd.FeatureLayering | rbd.FeatureDeepFlatten
+
+// CreateSnapshot does what snapshot-controller, csi-snapshotter, ceph-csi
+// v3 CreateSnapshot and Velero's CSI plugin do for a backup of v:
+//
+//   - VolumeSnapshotClass Options.SnapshotClass (Velero label, Retain) if
+//     missing;
+//   - VolumeSnapshot generateName velero-<pvc>- in the PVC's namespace,
+//     label velero.io/backup-name=<backup> (omitted when backup is "");
+//   - VolumeSnapshotContent snapcontent-<VS uid> (Retain, volumeHandle, ref
+//     with uid, label velero.io/backup-name);
+//   - in Ceph: journal csi.snaps.<instance> (csi.snap.snapshot-<VS uid> ->
+//     uuid) and csi.snap.<uuid> (csi.imagename, csi.snapname, csi.source,
+//     csi.imageid); snapshot csi-snap-<uuid> on the volume; clone v2 of it
+//     to image csi-snap-<uuid> with features layering,deep-flatten; removal
+//     of the temporary snapshot (it moves to the parent's trash snapshot
+//     namespace); snapshot csi-snap-<uuid> on the clone;
+//   - VSC status (snapshotHandle, readyToUse, restoreSize, creationTime in
+//     unix ns), VS status (boundVolumeSnapshotContentName, readyToUse,
+//     restoreSize, creationTime) and Velero's VS annotations.
+func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (snap *Snapshot, err error) {
+	if err := timeout(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.ensureSnapshotClass(ctx); err != nil {
+		return nil, fmt.Errorf("volumesnapshotclass: %w", err)
+	}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	bg := context.WithoutCancel(ctx)
+	var labels map[string]string
+	if backup != "" {
+		labels = map[string]string{VeleroBackupNameLabel: backup}
+	}
+	class := s.opts.SnapshotClass
+	pvcName := v.PVC
+	vss := s.Snap.SnapshotV1().VolumeSnapshots(v.Namespace)
+	vs, err := vss.Create(ctx, &snapv1.VolumeSnapshot{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "velero-" + v.PVC + "-", Namespace: v.Namespace, Labels: labels},
+		Spec: snapv1.VolumeSnapshotSpec{
+			Source:                  snapv1.VolumeSnapshotSource{PersistentVolumeClaimName: &pvcName},
+			VolumeSnapshotClassName: &class,
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("create volumesnapshot for %s/%s: %w", v.Namespace, v.PVC, err)
+	}
+	undo = append(undo, func() { _ = vss.Delete(bg, vs.Name, metav1.DeleteOptions{}) })
+
+	snap = &Snapshot{
+		RequestName: "snapshot-" + string(vs.UID),
+		ContentName: "snapcontent-" + string(vs.UID),
+		VSNamespace: v.Namespace,
+		VSName:      vs.Name,
+		Backup:      backup,
+		Size:        v.Size,
+		ParentImage: v.Name,
+		Source:      v,
+	}
+	handle := v.Handle
+	fs := corev1.PersistentVolumeFilesystem
+	vscs := s.Snap.SnapshotV1().VolumeSnapshotContents()
+	vsc, err := vscs.Create(ctx, &snapv1.VolumeSnapshotContent{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:   snap.ContentName,
+			Labels: labels,
+			Annotations: map[string]string{
+				"snapshot.storage.kubernetes.io/deletion-secret-name":      RookSecret,
+				"snapshot.storage.kubernetes.io/deletion-secret-namespace": s.opts.RookNamespace,
+			},
+		},
+		Spec: snapv1.VolumeSnapshotContentSpec{
+			VolumeSnapshotRef: corev1.ObjectReference{
+				Kind: "VolumeSnapshot", APIVersion: "snapshot.storage.k8s.io/v1",
+				Namespace: vs.Namespace, Name: vs.Name, UID: vs.UID, ResourceVersion: vs.ResourceVersion,
+			},
+			DeletionPolicy:          snapv1.VolumeSnapshotContentRetain,
+			Driver:                  s.opts.Driver,
+			VolumeSnapshotClassName: &class,
+			Source:                  snapv1.VolumeSnapshotContentSource{VolumeHandle: &handle},
+			SourceVolumeMode:        &fs,
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("create volumesnapshotcontent %s: %w", snap.ContentName, err)
+	}
+	undo = append(undo, func() { _ = vscs.Delete(bg, vsc.Name, metav1.DeleteOptions{}) })
+
+	// ceph-csi: reserve, then doSnapshotClone.
+	if snap.UUID, err = s.reserve(snapshotJournal, snap.RequestName, SnapshotPrefix, v.Name, ""); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { _ = s.undoReservation(snapshotJournal, snap.UUID, snap.RequestName) })
+	snap.ImageName = SnapshotPrefix + snap.UUID
+	snap.SnapName = snap.ImageName
+	if snap.Handle, err = s.handle(snap.UUID); err != nil {
+		return nil, err
+	}
+	if err = s.snapshotClone(v.Name, snap.ImageName, snap.SnapName); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { _, _ = s.removeOrTrash(snap.ImageName) })
+	clone, err := rbd.OpenImageReadOnly(s.ioctx, snap.ImageName, rbd.NoSnapshot)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", snap.ImageName, err)
+	}
+	snap.ImageID, err = clone.GetId()
+	if err == nil {
+		var p *rbd.ParentInfo
+		if p, err = clone.GetParent(); err == nil {
+			snap.ParentSnapID = p.Snap.ID
+		}
+	}
+	var ts rbd.Timespec
+	if err == nil {
+		var id uint64
+		if id, err = clone.GetSnapID(snap.SnapName); err == nil {
+			ts, err = clone.GetSnapTimestamp(id)
+		}
+	}
+	clone.Close()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", snap.ImageName, err)
+	}
+	snap.CreatedAt = time.Unix(ts.Sec, ts.Nsec)
+	if err = s.setOmap(snapshotJournal.prefix+snap.UUID, map[string]string{JournalImageID: snap.ImageID}); err != nil {
+		return nil, err
+	}
+
+	// csi-snapshotter's status update.
+	ready := true
+	created := snap.CreatedAt.UnixNano()
+	size := int64(snap.Size)
+	snapHandle := snap.Handle
+	vsc.Status = &snapv1.VolumeSnapshotContentStatus{
+		SnapshotHandle: &snapHandle, CreationTime: &created, RestoreSize: &size, ReadyToUse: &ready,
+	}
+	if _, err = vscs.UpdateStatus(ctx, vsc, metav1.UpdateOptions{}); err != nil {
+		return nil, fmt.Errorf("volumesnapshotcontent %s status: %w", vsc.Name, err)
+	}
+	// snapshot-controller's status update.
+	contentName := snap.ContentName
+	qty := resource.NewQuantity(size, resource.BinarySI)
+	vs.Status = &snapv1.VolumeSnapshotStatus{
+		BoundVolumeSnapshotContentName: &contentName,
+		CreationTime:                   &metav1.Time{Time: snap.CreatedAt},
+		ReadyToUse:                     &ready,
+		RestoreSize:                    qty,
+	}
+	if vs, err = vss.UpdateStatus(ctx, vs, metav1.UpdateOptions{}); err != nil {
+		return nil, fmt.Errorf("volumesnapshot %s/%s status: %w", vs.Namespace, snap.VSName, err)
+	}
+	// Velero's annotations once the snapshot is ready.
+	if vs.Annotations == nil {
+		vs.Annotations = map[string]string{}
+	}
+	vs.Annotations[VeleroSnapshotHandleAnnotation] = snap.Handle
+	vs.Annotations[VeleroDriverNameAnnotation] = s.opts.Driver
+	vs.Annotations[VeleroRestoreSizeAnnotation] = qty.String()
+	vs.Annotations[VeleroVSCDeletionPolicyAnnot] = string(snapv1.VolumeSnapshotContentRetain)
+	if _, err = vss.Update(ctx, vs, metav1.UpdateOptions{}); err != nil {
+		return nil, fmt.Errorf("volumesnapshot %s/%s annotations: %w", vs.Namespace, snap.VSName, err)
+	}
+	return snap, nil
+}
+
+// snapshotClone is ceph-csi's createRBDClone + snapshot on the clone.
+func (s *Sim) snapshotClone(parent, cloneName, snapName string) (err error) {
+	img, err := rbd.OpenImage(s.ioctx, parent, rbd.NoSnapshot)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", parent, err)
+	}
+	defer img.Close()
+	// 1. temporary snapshot on the parent.
+	tmp, err := img.CreateSnapshot(snapName)
+	if err != nil {
+		return fmt.Errorf("rbd snap create %s@%s: %w", parent, snapName, err)
+	}
+	// 2. clone v2, layering + deep-flatten.
+	opts := rbd.NewRbdImageOptions()
+	defer opts.Destroy()
+	if err = opts.SetUint64(rbd.ImageOptionFeatures, snapshotFeatures); err == nil {
+		err = opts.SetUint64(rbd.ImageOptionCloneFormat, 2)
+	}
+	if err == nil {
+		err = rbd.CloneImage(s.ioctx, parent, snapName, s.ioctx, cloneName, opts)
+	}
+	if err != nil {
+		_ = tmp.Remove()
+		return fmt.Errorf("rbd clone %s@%s %s: %w", parent, snapName, cloneName, err)
+	}
+	// 3. remove the temporary snapshot: with a clone v2 child it moves to
+	// the trash snapshot namespace.
+	if err = tmp.Remove(); err != nil {
+		_ = rbd.RemoveImage(s.ioctx, cloneName)
+		_ = tmp.Remove()
+		return fmt.Errorf("rbd snap rm %s@%s: %w", parent, snapName, err)
+	}
+	// 4. snapshot on the clone.
+	clone, err := rbd.OpenImage(s.ioctx, cloneName, rbd.NoSnapshot)
+	if err == nil {
+		_, err = clone.CreateSnapshot(snapName)
+		clone.Close()
+	}
+	if err != nil {
+		_ = rbd.RemoveImage(s.ioctx, cloneName)
+		return fmt.Errorf("rbd snap create %s@%s: %w", cloneName, snapName, err)
+	}
+	return nil
+}
+
+// CreateVolumeFromSnapshot restores snap into a new PVC like ceph-csi: the
+// PVC (dataSource = the VolumeSnapshot when in the same namespace), a
+// volume journal reservation, a clone v2 of csi-snap-X@csi-snap-X into
+// csi-vol-<uuid> with Options.VolumeFeatures, and the bound PV.
+func (s *Sim) CreateVolumeFromSnapshot(ctx context.Context, snap *Snapshot, namespace, pvc string) (*Volume, error) {
+	var ds *corev1.TypedLocalObjectReference
+	if snap.VSName != "" && namespace == snap.VSNamespace {
+		group := "snapshot.storage.k8s.io"
+		ds = &corev1.TypedLocalObjectReference{APIGroup: &group, Kind: "VolumeSnapshot", Name: snap.VSName}
+	}
+	return s.provision(ctx, namespace, pvc, snap.Size, ds, func(name string) error {
+		opts := rbd.NewRbdImageOptions()
+		defer opts.Destroy()
+		if err := opts.SetUint64(rbd.ImageOptionFeatures, s.features); err != nil {
+			return err
+		}
+		if err := opts.SetUint64(rbd.ImageOptionCloneFormat, 2); err != nil {
+			return err
+		}
+		if err := rbd.CloneImage(s.ioctx, snap.ImageName, snap.SnapName, s.ioctx, name, opts); err != nil {
+			return fmt.Errorf("rbd clone %s@%s %s: %w", snap.ImageName, snap.SnapName, name, err)
+		}
+		return nil
+	})
+}
+
+// LookupSnapshot resolves a VolumeSnapshot from the objects: VS status ->
+// VSC status.snapshotHandle -> journal csi.snap.<uuid>. Source is looked up
+// from the VS's PVC and left nil when that fails.
+func (s *Sim) LookupSnapshot(ctx context.Context, namespace, vsName string) (*Snapshot, error) {
+	vs, err := s.Snap.SnapshotV1().VolumeSnapshots(namespace).Get(ctx, vsName, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("volumesnapshot %s/%s: %w", namespace, vsName, err)
+	}
+	if vs.Status == nil || vs.Status.BoundVolumeSnapshotContentName == nil {
+		return nil, fmt.Errorf("volumesnapshot %s/%s is not bound", namespace, vsName)
+	}
+	vsc, err := s.Snap.SnapshotV1().VolumeSnapshotContents().Get(ctx, *vs.Status.BoundVolumeSnapshotContentName, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if vsc.Status == nil || vsc.Status.SnapshotHandle == nil {
+		return nil, fmt.Errorf("volumesnapshotcontent %s has no snapshot handle", vsc.Name)
+	}
+	snap, err := s.SnapshotFromHandle(ctx, *vsc.Status.SnapshotHandle)
+	if err != nil {
+		return nil, err
+	}
+	snap.ContentName = vsc.Name
+	snap.VSNamespace, snap.VSName = namespace, vsName
+	snap.Backup = vs.Labels[VeleroBackupNameLabel]
+	if vsc.Status.RestoreSize != nil {
+		snap.Size = uint64(*vsc.Status.RestoreSize)
+	}
+	if p := vs.Spec.Source.PersistentVolumeClaimName; p != nil {
+		if v, err := s.LookupVolume(ctx, namespace, *p); err == nil && v.Name == snap.ParentImage {
+			snap.Source = v
+		}
+	}
+	return snap, nil
+}
+
+// SnapshotFromHandle resolves a snapshot handle through the journal alone
+// (no Kubernetes objects needed: works for orphans).
+func (s *Sim) SnapshotFromHandle(ctx context.Context, handle string) (*Snapshot, error) {
+	h, err := s.parseHandle(handle)
+	if err != nil {
+		return nil, err
+	}
+	attrs, err := s.readJournal(snapshotJournal, h.UUID)
+	if err != nil {
+		return nil, err
+	}
+	snap := &Snapshot{
+		ImageName:   attrs[JournalImageName],
+		UUID:        h.UUID,
+		Handle:      handle,
+		ImageID:     attrs[JournalImageID],
+		RequestName: attrs[JournalSnapName],
+		ParentImage: attrs[JournalSource],
+	}
+	if snap.ImageName == "" {
+		snap.ImageName = SnapshotPrefix + h.UUID
+	}
+	snap.SnapName = snap.ImageName
+	img, err := rbd.OpenImageReadOnly(s.ioctx, snap.ImageName, snap.SnapName)
+	if err != nil {
+		return nil, fmt.Errorf("open %s@%s: %w", snap.ImageName, snap.SnapName, err)
+	}
+	defer img.Close()
+	if snap.Size, err = img.GetSize(); err != nil {
+		return nil, err
+	}
+	if p, err := img.GetParent(); err == nil {
+		snap.ParentSnapID = p.Snap.ID
+	}
+	if id, err := img.GetSnapID(snap.SnapName); err == nil {
+		if ts, err := img.GetSnapTimestamp(id); err == nil {
+			snap.CreatedAt = time.Unix(ts.Sec, ts.Nsec)
+		}
+	}
+	return snap, nil
+}
+
+// ReadSnapshotSHA256 reads the whole snapshot csi-snap-X@csi-snap-X through
+// the clone's parent (like `rbd export`) and returns its hex SHA-256.
+func (s *Sim) ReadSnapshotSHA256(ctx context.Context, snap *Snapshot) (string, error) {
+	return s.ImageSHA256(ctx, snap.ImageName, snap.SnapName)
+}
+
+// Flatten flattens the snapshot's clone (what ceph-csi does past its clone
+// depth limit): it no longer has a parent and the parent's trash snapshot
+// goes away when it was the last child.
+func (s *Sim) Flatten(ctx context.Context, snap *Snapshot) error {
+	img, err := rbd.OpenImage(s.ioctx, snap.ImageName, rbd.NoSnapshot)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", snap.ImageName, err)
+	}
+	defer img.Close()
+	if err := img.Flatten(); err != nil {
+		return fmt.Errorf("rbd flatten %s: %w", snap.ImageName, err)
+	}
+	snap.ParentSnapID = 0
+	return nil
+}
+
+// DeleteContent deletes the VolumeSnapshot and VolumeSnapshotContent
+// objects but keeps the RBD image and journal: what Velero leaves after a
+// backup with a Retain class, an orphan only the handle leads to.
+func (s *Sim) DeleteContent(ctx context.Context, snap *Snapshot) error {
+	var errs []error
+	if snap.VSName != "" {
+		err := s.Snap.SnapshotV1().VolumeSnapshots(snap.VSNamespace).Delete(ctx, snap.VSName, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err)
+		}
+	}
+	if snap.ContentName != "" {
+		err := s.Snap.SnapshotV1().VolumeSnapshotContents().Delete(ctx, snap.ContentName, metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// DeleteSnapshot deletes the objects (DeleteContent) and, like ceph-csi
+// DeleteSnapshot, the snapshot on the clone, the clone (to the trash if
+// restored volumes still hang from it) and the journal reservation. Removing
+// the clone lets librbd drop the parent's trash snapshot. It reports whether
+// the clone went to the trash.
+func (s *Sim) DeleteSnapshot(ctx context.Context, snap *Snapshot) (trashed bool, err error) {
+	if err := s.DeleteContent(ctx, snap); err != nil {
+		return false, err
+	}
+	img, err := rbd.OpenImage(s.ioctx, snap.ImageName, rbd.NoSnapshot)
+	switch {
+	case errors.Is(err, rbd.ErrNotFound):
+	case err != nil:
+		return false, fmt.Errorf("open %s: %w", snap.ImageName, err)
+	default:
+		err = img.GetSnapshot(snap.SnapName).Remove()
+		img.Close()
+		if err != nil && !errors.Is(err, rbd.ErrNotFound) {
+			return false, fmt.Errorf("rbd snap rm %s@%s: %w", snap.ImageName, snap.SnapName, err)
+		}
+		if trashed, err = s.removeOrTrash(snap.ImageName); err != nil {
+			return false, err
+		}
+	}
+	return trashed, s.undoReservation(snapshotJournal, snap.UUID, snap.RequestName)
+}

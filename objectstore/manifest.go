@@ -1,0 +1,207 @@
+package objectstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ManifestVersion is the manifest format this package writes and the
+// newest it reads.
+const ManifestVersion = 1
+
+// maxManifest bounds a decoded manifest: an extent takes about 100 bytes
+// of JSON, so 1 GiB is some 10 million extents (40 TiB of non-zero data at
+// 4 MiB chunks).
+const maxManifest = 1 << 30
+
+// Summary is what a manifest says about a backup, without its extents.
+// objectstore does not interpret Source or Meta: the exporter fills them in
+// (Ceph fsid, pool, image, snapshot, Kubernetes object names, RBD object
+// order and features, …) and matches on them to find a parent.
+type Summary struct {
+	Version    int               `json:"version"`
+	ID         string            `json:"id"`
+	Repository string            `json:"repository"` // Config.ID
+	Created    time.Time         `json:"created"`
+	Parent     string            `json:"parent,omitempty"`
+	Size       int64             `json:"size"` // image size in bytes
+	ChunkSize  int               `json:"chunk_size"`
+	SHA256     string            `json:"sha256"` // of all Size bytes, holes as zeros
+	Method     string            `json:"method,omitempty"`
+	Source     map[string]string `json:"source,omitempty"`
+	Meta       map[string]string `json:"meta,omitempty"`
+	Stats      Stats             `json:"stats"`
+}
+
+// Stats count what a backup did.
+type Stats struct {
+	BytesRead   int64 `json:"bytes_read"`   // bytes passed to Write
+	BytesNew    int64 `json:"bytes_new"`    // plaintext bytes of uploaded chunks
+	BytesStored int64 `json:"bytes_stored"` // encoded bytes uploaded
+	Chunks      int64 `json:"chunks"`       // extents (non-zero chunks)
+	ChunksNew   int64 `json:"chunks_new"`   // chunks uploaded
+}
+
+// Manifest describes one backup: the summary plus where the data is.
+type Manifest struct {
+	Summary
+	// Extents are the non-zero chunks in offset order; every byte not
+	// covered is zero.
+	Extents []Extent `json:"extents"`
+}
+
+// Extent maps image bytes [Offset, Offset+Length) to a chunk.
+type Extent struct {
+	Offset int64   `json:"off"`
+	Length int64   `json:"len"`
+	ID     ChunkID `json:"id"`
+}
+
+// newBackupID makes an id that sorts by creation time (UTC, to the
+// millisecond) and stays unique across concurrent writers.
+func newBackupID(t time.Time) string {
+	return t.UTC().Format("20060102T150405.000Z") + "-" + randomHex(4)
+}
+
+func manifestName(id string) string { return "backups/" + id }
+
+func (r *Repository) saveManifest(ctx context.Context, m *Manifest) error {
+	data, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	name := manifestName(m.ID)
+	return r.put(ctx, name, r.encode(nil, name, data))
+}
+
+// LoadBackup reads and checks the manifest of backup id.
+func (r *Repository) LoadBackup(ctx context.Context, id string) (*Manifest, error) {
+	m := &Manifest{}
+	if err := r.loadManifest(ctx, id, m); err != nil {
+		return nil, err
+	}
+	if err := m.check(r.cfg.ChunkSize); err != nil {
+		return nil, fmt.Errorf("%w: backup %s: %v", ErrCorrupt, id, err)
+	}
+	return m, nil
+}
+
+// loadManifest decodes backup id into v, a *Manifest or a *Summary (which
+// skips the extents).
+func (r *Repository) loadManifest(ctx context.Context, id string, v any) error {
+	if id == "" || strings.ContainsAny(id, "/\\") || strings.Contains(id, "..") {
+		return fmt.Errorf("%w: %q is not a backup id", ErrBackupNotFound, id)
+	}
+	name := manifestName(id)
+	obj, err := r.get(ctx, name)
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("%w: no backup %q in repository at %s", ErrBackupNotFound, id, r.be)
+	}
+	if err != nil {
+		return fmt.Errorf("reading backup %s: %w", id, err)
+	}
+	data, err := r.decode(name, obj, 0)
+	if err != nil {
+		return fmt.Errorf("backup %s: %w", id, err)
+	}
+	var s *Summary
+	switch v := v.(type) {
+	case *Manifest:
+		s = &v.Summary
+	case *Summary:
+		s = v
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("%w: backup %s: %v", ErrCorrupt, id, err)
+	}
+	switch {
+	case s.Version > ManifestVersion:
+		return fmt.Errorf("%w: backup %s has manifest version %d, this lifeboat reads up to %d: upgrade lifeboat",
+			ErrIncompatible, id, s.Version, ManifestVersion)
+	case s.Version < 1:
+		return fmt.Errorf("%w: backup %s has bad manifest version %d", ErrCorrupt, id, s.Version)
+	case s.ID != id:
+		return fmt.Errorf("%w: object %s holds backup %q", ErrCorrupt, name, s.ID)
+	case s.Repository != r.cfg.ID:
+		return fmt.Errorf("%w: backup %s belongs to repository %s", ErrCorrupt, id, s.Repository)
+	}
+	return nil
+}
+
+// check verifies that extents are sorted, disjoint, chunk-aligned and
+// inside the image, so readers can trust them.
+func (m *Manifest) check(chunkSize int) error {
+	if m.ChunkSize != chunkSize {
+		return fmt.Errorf("chunk size %d, repository uses %d", m.ChunkSize, chunkSize)
+	}
+	next := int64(0)
+	for _, e := range m.Extents {
+		if e.Offset < next || e.Offset%int64(chunkSize) != 0 || e.Length <= 0 ||
+			e.Length > int64(chunkSize) || e.Offset+e.Length > m.Size {
+			return fmt.Errorf("bad extent at offset %d length %d", e.Offset, e.Length)
+		}
+		next = e.Offset + e.Length
+	}
+	return nil
+}
+
+// Backups returns the summaries of all backups, oldest first. It reads
+// every manifest (a few parallel GETs), so it costs O(total manifest size).
+func (r *Repository) Backups(ctx context.Context) ([]Summary, error) {
+	var ids []string
+	err := r.be.List(ctx, "backups/", func(name string, _ int64) error {
+		// Deeper names are not ours (Velero, sharing a bucket root, keeps
+		// backups/<name>/…): skip them rather than fail.
+		if id := strings.TrimPrefix(name, "backups/"); !strings.Contains(id, "/") {
+			ids = append(ids, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing backups at %s: %w", r.be, err)
+	}
+	out := make([]Summary, len(ids))
+	errs := make([]error, len(ids))
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = r.loadManifest(ctx, id, &out[i])
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b Summary) int {
+		if c := a.Created.Compare(b.Created); c != 0 {
+			return c
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return out, nil
+}
+
+// FindLatest returns the newest backup whose summary satisfies filter
+// (typically: same source image), or nil and no error if there is none.
+func (r *Repository) FindLatest(ctx context.Context, filter func(*Summary) bool) (*Manifest, error) {
+	all, err := r.Backups(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := len(all) - 1; i >= 0; i-- {
+		if filter(&all[i]) {
+			return r.LoadBackup(ctx, all[i].ID)
+		}
+	}
+	return nil, nil
+}

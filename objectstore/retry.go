@@ -1,0 +1,75 @@
+package objectstore
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+)
+
+// Retry policy for backend calls. S3 throttles (503 SlowDown), resets
+// connections and has the odd 500; all of these clear up within seconds.
+// Six attempts with doubling, jittered waits span about 6 seconds.
+var (
+	retryAttempts = 6
+	retryBase     = 200 * time.Millisecond
+	retryMax      = 3 * time.Second
+)
+
+// permanent tells errors that retrying cannot fix.
+func permanent(err error) bool {
+	for _, p := range []error{ErrNotFound, ErrCredentials, ErrNoBucket} {
+		if errors.Is(err, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// retry calls fn until it succeeds, fails permanently, ctx ends or the
+// attempts run out; it returns fn's last error.
+func retry(ctx context.Context, fn func() error) error {
+	wait := retryBase
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil || permanent(err) || ctx.Err() != nil || attempt == retryAttempts {
+			return err
+		}
+		// Full jitter keeps parallel uploads from retrying in lockstep.
+		t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, retryMax)
+	}
+}
+
+// Backend calls with retries.
+
+func (r *Repository) put(ctx context.Context, name string, data []byte) error {
+	return retry(ctx, func() error { return r.be.Put(ctx, name, data) })
+}
+
+func (r *Repository) get(ctx context.Context, name string) (data []byte, err error) {
+	err = retry(ctx, func() error {
+		data, err = r.be.Get(ctx, name)
+		return err
+	})
+	return data, err
+}
+
+// exists reports whether the object is present; only a definite "not
+// found" counts as absent.
+func (r *Repository) exists(ctx context.Context, name string) (bool, error) {
+	err := retry(ctx, func() error {
+		_, err := r.be.Stat(ctx, name)
+		return err
+	})
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}

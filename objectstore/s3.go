@@ -1,0 +1,239 @@
+package objectstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/s3utils"
+)
+
+// S3Config locates a repository in an S3 bucket.
+type S3Config struct {
+	Endpoint   string // "https://host[:port]" or "http://host[:port]"
+	Bucket     string
+	Prefix     string // optional folder inside the bucket, e.g. "prod/lifeboat"
+	Region     string // optional; asked from the server when empty
+	CACertFile string // optional PEM bundle trusted in addition to the system's
+	// PathStyle forces path-style requests (http://host/bucket/key), which
+	// most non-AWS servers need. When false minio-go decides: virtual-host
+	// style for AWS and a few known clouds, path style elsewhere.
+	PathStyle    bool
+	AccessKey    string
+	SecretKey    string
+	CreateBucket bool          // create the bucket if it is missing
+	Timeout      time.Duration // bound on the connection check; default 10s
+}
+
+// String shows the config without the secret key, so that logging it by
+// mistake does not leak it.
+func (c S3Config) String() string {
+	type plain S3Config // drops the methods: no recursion
+	p := plain(c)
+	if p.SecretKey != "" {
+		p.SecretKey = "REDACTED"
+	}
+	return fmt.Sprintf("%+v", p)
+}
+
+func (c S3Config) GoString() string { return c.String() }
+
+// S3 is a Backend on an S3 bucket.
+type S3 struct {
+	client   *minio.Client
+	bucket   string
+	prefix   string // "" or ends in "/"
+	endpoint string
+}
+
+// NewS3 connects to the bucket and checks that it is usable, so that a
+// wrong endpoint, credentials or bucket name shows up here with a clear
+// message rather than halfway through a backup.
+func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
+	u, err := url.Parse(cfg.Endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || strings.Trim(u.Path, "/") != "" {
+		return nil, fmt.Errorf("S3 endpoint %q: want http://host[:port] or https://host[:port], without a path", cfg.Endpoint)
+	}
+	if err := s3utils.CheckValidBucketName(cfg.Bucket); err != nil {
+		return nil, fmt.Errorf("S3 bucket name %q: %v", cfg.Bucket, err)
+	}
+	tr, err := transport(u.Scheme == "https", cfg.CACertFile)
+	if err != nil {
+		return nil, err
+	}
+	lookup := minio.BucketLookupAuto
+	if cfg.PathStyle {
+		lookup = minio.BucketLookupPath
+	}
+	client, err := minio.New(u.Host, &minio.Options{
+		Creds:        credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
+		Secure:       u.Scheme == "https",
+		Transport:    tr,
+		Region:       cfg.Region,
+		BucketLookup: lookup,
+		// Repository calls retry with backoff themselves; one extra try
+		// here lets minio-go follow a region redirect.
+		MaxRetries: 2,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("S3 endpoint %s: %v", cfg.Endpoint, err)
+	}
+	prefix := strings.Trim(cfg.Prefix, "/")
+	if prefix != "" {
+		prefix += "/"
+	}
+	s := &S3{client: client, bucket: cfg.Bucket, prefix: prefix, endpoint: u.Scheme + "://" + u.Host}
+	timeout := cfg.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := s.ensureBucket(ctx, cfg.CreateBucket, cfg.Region); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w (no answer within %v)", err, timeout)
+		}
+		return nil, err
+	}
+	return s, nil
+}
+
+func transport(secure bool, caFile string) (*http.Transport, error) {
+	tr, err := minio.DefaultTransport(secure)
+	if err != nil {
+		return nil, err
+	}
+	// Fail fast on a dead endpoint instead of minio-go's 30 s.
+	tr.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	if caFile == "" {
+		return tr, nil
+	}
+	if !secure {
+		return nil, fmt.Errorf("a CA certificate file (%s) was given for a plain http endpoint: use https", caFile)
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading S3 CA certificates: %w", err)
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("no PEM certificates in %s", caFile)
+	}
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool}
+	return tr, nil
+}
+
+func (s *S3) ensureBucket(ctx context.Context, create bool, region string) error {
+	ok, err := s.client.BucketExists(ctx, s.bucket)
+	if err != nil {
+		return s.wrap("checking bucket", "", err)
+	}
+	if ok {
+		return nil
+	}
+	if !create {
+		return fmt.Errorf("%w: %q at %s: create it, or allow lifeboat to create it", ErrNoBucket, s.bucket, s.endpoint)
+	}
+	err = s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: region})
+	if code := minio.ToErrorResponse(err).Code; code == "BucketAlreadyOwnedByYou" {
+		err = nil // created concurrently: fine
+	}
+	return s.wrap("creating bucket", "", err)
+}
+
+// wrap turns minio-go errors into the package's sentinels with a message
+// that names the bucket and endpoint (never the credentials).
+func (s *S3) wrap(op, name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	where := s.String() + name
+	resp := minio.ToErrorResponse(err)
+	switch {
+	case resp.Code == "NoSuchKey":
+		return fmt.Errorf("%s %s: %w", op, where, ErrNotFound)
+	case resp.Code == "NoSuchBucket":
+		return fmt.Errorf("%s %s: %w: %q at %s", op, where, ErrNoBucket, s.bucket, s.endpoint)
+	case resp.StatusCode == 403 || resp.Code == "AccessDenied" ||
+		resp.Code == "InvalidAccessKeyId" || resp.Code == "SignatureDoesNotMatch":
+		return fmt.Errorf("%s %s: %w for bucket %q at endpoint %s (%s): check AWS_ACCESS_KEY_ID and "+
+			"AWS_SECRET_ACCESS_KEY, and that this user may read and write the bucket",
+			op, where, ErrCredentials, s.bucket, s.endpoint, resp.Code)
+	case resp.Code == "" && unreachable(err):
+		return fmt.Errorf("%s %s: %w: %w (check the endpoint address and the network path to it)",
+			op, where, ErrUnreachable, err)
+	}
+	return fmt.Errorf("%s %s: %w", op, where, err)
+}
+
+// unreachable tells transport failures (refused, no route, DNS, timeouts)
+// from S3 answering with an error.
+func unreachable(err error) bool {
+	var ne net.Error
+	var ue *url.Error
+	return errors.As(err, &ne) || errors.As(err, &ue) || errors.Is(err, context.DeadlineExceeded)
+}
+
+func (s *S3) Put(ctx context.Context, name string, data []byte) error {
+	_, err := s.client.PutObject(ctx, s.bucket, s.prefix+name, bytes.NewReader(data), int64(len(data)),
+		minio.PutObjectOptions{ContentType: "application/octet-stream", DisableMultipart: true})
+	return s.wrap("writing", name, err)
+}
+
+func (s *S3) Get(ctx context.Context, name string) ([]byte, error) {
+	obj, err := s.client.GetObject(ctx, s.bucket, s.prefix+name, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, s.wrap("reading", name, err)
+	}
+	defer obj.Close()
+	info, err := obj.Stat() // the GET's own response headers: no extra request
+	if err != nil {
+		return nil, s.wrap("reading", name, err)
+	}
+	data := make([]byte, info.Size)
+	if _, err := io.ReadFull(obj, data); err != nil {
+		return nil, s.wrap("reading", name, err)
+	}
+	return data, nil
+}
+
+func (s *S3) Stat(ctx context.Context, name string) (int64, error) {
+	info, err := s.client.StatObject(ctx, s.bucket, s.prefix+name, minio.StatObjectOptions{})
+	return info.Size, s.wrap("checking", name, err)
+}
+
+func (s *S3) List(ctx context.Context, prefix string, fn func(string, int64) error) error {
+	ctx, cancel := context.WithCancel(ctx) // stops minio-go's lister if fn bails out
+	defer cancel()
+	for obj := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: s.prefix + prefix, Recursive: true}) {
+		if obj.Err != nil {
+			return s.wrap("listing", prefix, obj.Err)
+		}
+		if err := fn(strings.TrimPrefix(obj.Key, s.prefix), obj.Size); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+func (s *S3) Delete(ctx context.Context, name string) error {
+	return s.wrap("deleting", name, s.client.RemoveObject(ctx, s.bucket, s.prefix+name, minio.RemoveObjectOptions{}))
+}
+
+// String is the repository's location as endpoint/bucket/prefix.
+func (s *S3) String() string { return s.endpoint + "/" + s.bucket + "/" + s.prefix }

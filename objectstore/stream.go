@@ -1,0 +1,147 @@
+package objectstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"hash"
+)
+
+// Stream reads backup m back. fn is called once per extent, in offset
+// order, with the chunk's verified plaintext; holes are skipped (they are
+// zeros: a restore into a fresh, zeroed image need not write them). data
+// is only valid during the call.
+//
+// Up to parallel chunks (default DefaultParallel) are fetched ahead. A
+// missing or damaged chunk fails with a *ChunkError naming it and its
+// offset. Once every extent has been passed to fn, the whole stream (holes
+// as zeros) is checked against the manifest's SHA-256; a mismatch returns
+// an error wrapping ErrChecksumMismatch, and whatever fn wrote must then be
+// treated as bad.
+func (r *Repository) Stream(ctx context.Context, m *Manifest, parallel int, fn func(off int64, data []byte) error) error {
+	return r.stream(ctx, m, parallel, fn, false)
+}
+
+// StreamAll is Stream with the holes filled in: fn sees every byte of the
+// image in order, zero runs as pieces of at most 1 MiB from a shared
+// read-only buffer. It suits writing a raw image to a file or pipe.
+func (r *Repository) StreamAll(ctx context.Context, m *Manifest, parallel int, fn func(off int64, data []byte) error) error {
+	return r.stream(ctx, m, parallel, fn, true)
+}
+
+// Verify reads every chunk of m and checks it and the image checksum,
+// without writing anything.
+func (r *Repository) Verify(ctx context.Context, m *Manifest, parallel int) error {
+	return r.Stream(ctx, m, parallel, func(int64, []byte) error { return nil })
+}
+
+type fetched struct {
+	data []byte
+	err  error
+}
+
+func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn func(int64, []byte) error, fill bool) error {
+	if m.Repository != r.cfg.ID {
+		return fmt.Errorf("backup %s is from another repository", m.ID)
+	}
+	if err := m.check(r.cfg.ChunkSize); err != nil {
+		return fmt.Errorf("%w: backup %s: %v", ErrCorrupt, m.ID, err)
+	}
+	if parallel <= 0 {
+		parallel = DefaultParallel
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	// pending holds one result channel per extent, in order; its capacity
+	// is the prefetch window, which bounds memory.
+	pending := make(chan chan fetched, parallel)
+	go func() {
+		defer close(pending)
+		for _, e := range m.Extents {
+			ch := make(chan fetched, 1)
+			select {
+			case pending <- ch:
+			case <-ctx.Done():
+				return
+			}
+			go func() {
+				data, err := r.fetch(ctx, e)
+				ch <- fetched{data, err}
+			}()
+		}
+	}()
+	defer func() {
+		cancel()
+		for range pending { // let the producer finish
+		}
+	}()
+
+	s := &streamer{h: sha256.New(), fn: fn, fill: fill}
+	i := 0
+	for ch := range pending {
+		e := m.Extents[i]
+		i++
+		got := <-ch
+		if got.err != nil {
+			return got.err
+		}
+		if err := s.zeros(e.Offset); err != nil {
+			return err
+		}
+		s.h.Write(got.data)
+		if err := fn(e.Offset, got.data); err != nil {
+			return err
+		}
+		s.next = e.Offset + e.Length
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.zeros(m.Size); err != nil {
+		return err
+	}
+	if sum := hex.EncodeToString(s.h.Sum(nil)); sum != m.SHA256 {
+		return fmt.Errorf("%w: backup %s: restored image hashes to %s, the manifest says %s",
+			ErrChecksumMismatch, m.ID, sum, m.SHA256)
+	}
+	return nil
+}
+
+// streamer hashes the image as it goes and fills holes if asked.
+type streamer struct {
+	h    hash.Hash
+	fn   func(int64, []byte) error
+	fill bool
+	next int64
+}
+
+// zeros covers [next, to) with zeros.
+func (s *streamer) zeros(to int64) error {
+	for s.next < to {
+		n := min(to-s.next, int64(len(zeros)))
+		s.h.Write(zeros[:n])
+		if s.fill {
+			if err := s.fn(s.next, zeros[:n]); err != nil {
+				return err
+			}
+		}
+		s.next += n
+	}
+	return nil
+}
+
+// fetch downloads, decodes and verifies the chunk of extent e.
+func (r *Repository) fetch(ctx context.Context, e Extent) ([]byte, error) {
+	name := chunkName(e.ID)
+	obj, err := r.get(ctx, name)
+	if err == nil {
+		var data []byte
+		if data, err = r.decode(name, obj, int(e.Length)); err == nil {
+			if int64(len(data)) == e.Length && r.keys.id(data) == e.ID {
+				return data, nil
+			}
+			err = fmt.Errorf("%w: content does not match its id", ErrCorrupt)
+		}
+	}
+	return nil, &ChunkError{ID: e.ID, Offset: e.Offset, Err: err}
+}

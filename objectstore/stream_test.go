@@ -1,0 +1,190 @@
+package objectstore
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestCorruptChunkIsNamed(t *testing.T) {
+	ctx := context.Background()
+	for _, key := range [][]byte{nil, []byte("k")} {
+		be := NewMemory()
+		r := newRepo(t, be, key)
+		m := backup(t, r, image(1, "rztr", 0), BackupOptions{})
+		victim := m.Extents[1] // the 't' chunk at offset 2 chunks
+		name := chunkName(victim.ID)
+		obj, _ := be.Get(ctx, name)
+		obj[len(obj)/2] ^= 1
+		be.Put(ctx, name, obj)
+
+		err := r.Verify(ctx, m, 2)
+		var ce *ChunkError
+		if !errors.As(err, &ce) || ce.ID != victim.ID || ce.Offset != 2*testChunk || !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("key %q: got %v, want a corrupt-chunk error for %s at %d", key, err, victim.ID, victim.Offset)
+		}
+		if !strings.Contains(err.Error(), victim.ID.String()) || !strings.Contains(err.Error(), "offset 131072") {
+			t.Errorf("message %q does not name the chunk and offset", err)
+		}
+	}
+}
+
+func TestSwappedChunkIsCaught(t *testing.T) {
+	// An intact object stored under another chunk's name: the content
+	// check catches it even when it decodes fine (unencrypted repository).
+	ctx := context.Background()
+	be := NewMemory()
+	r := newRepo(t, be, nil)
+	m := backup(t, r, image(1, "rr", 0), BackupOptions{})
+	other, _ := be.Get(ctx, chunkName(m.Extents[0].ID))
+	be.Put(ctx, chunkName(m.Extents[1].ID), other)
+	var ce *ChunkError
+	if err := r.Verify(ctx, m, 2); !errors.As(err, &ce) || ce.Offset != testChunk || !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestMissingChunk(t *testing.T) {
+	ctx := context.Background()
+	be := NewMemory()
+	r := newRepo(t, be, nil)
+	m := backup(t, r, image(1, "rrr", 0), BackupOptions{})
+	be.Delete(ctx, chunkName(m.Extents[2].ID))
+	var ce *ChunkError
+	err := r.Verify(ctx, m, 2)
+	if !errors.As(err, &ce) || ce.ID != m.Extents[2].ID || !errors.Is(err, ErrNotFound) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestStreamChecksumMismatch(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t, NewMemory(), nil)
+	m := backup(t, r, image(1, "rtr", 0), BackupOptions{})
+
+	// Every chunk is intact but the manifest maps them wrongly.
+	swapped := *m
+	swapped.Extents = []Extent{m.Extents[0], m.Extents[2], m.Extents[1]}
+	for i := range swapped.Extents {
+		swapped.Extents[i].Offset = m.Extents[i].Offset
+	}
+	if err := r.Verify(ctx, &swapped, 2); !errors.Is(err, ErrChecksumMismatch) {
+		t.Fatalf("swapped extents: %v", err)
+	}
+	// A hole where data was.
+	holed := *m
+	holed.Extents = m.Extents[:2]
+	if err := r.Verify(ctx, &holed, 2); !errors.Is(err, ErrChecksumMismatch) {
+		t.Fatalf("dropped extent: %v", err)
+	}
+	// A stale or wrong checksum.
+	bad := *m
+	bad.SHA256 = sha([]byte("something else"))
+	err := r.Verify(ctx, &bad, 2)
+	if !errors.Is(err, ErrChecksumMismatch) || !strings.Contains(err.Error(), bad.SHA256) {
+		t.Fatalf("wrong checksum: %v", err)
+	}
+}
+
+func TestStreamRejectsBadManifests(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t, NewMemory(), nil)
+	m := backup(t, r, image(1, "rr", 0), BackupOptions{})
+	overlap := *m
+	overlap.Extents = []Extent{m.Extents[1], m.Extents[0]}
+	if err := r.Verify(ctx, &overlap, 2); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("unsorted extents: %v", err)
+	}
+	foreign := *m
+	foreign.Repository = "elsewhere"
+	if err := r.Verify(ctx, &foreign, 2); err == nil {
+		t.Fatal("manifest from another repository accepted")
+	}
+}
+
+func TestStreamStopsOnCallbackError(t *testing.T) {
+	r := newRepo(t, NewMemory(), nil)
+	m := backup(t, r, image(1, "rrrrrrrr", 0), BackupOptions{})
+	stop := errors.New("disk full")
+	calls := 0
+	err := r.Stream(context.Background(), m, 2, func(int64, []byte) error {
+		calls++
+		if calls == 3 {
+			return stop
+		}
+		return nil
+	})
+	if !errors.Is(err, stop) || calls != 3 {
+		t.Fatalf("got %v after %d calls", err, calls)
+	}
+}
+
+func TestStreamBoundsPrefetch(t *testing.T) {
+	be := &counting{Backend: NewMemory()}
+	r := newRepo(t, be, nil)
+	m := backup(t, r, image(1, strings.Repeat("r", 20), 0), BackupOptions{})
+	be.delay = 2 * time.Millisecond
+	be.reset()
+	slow := func(int64, []byte) error { time.Sleep(time.Millisecond); return nil }
+	if err := r.Stream(context.Background(), m, 3, slow); err != nil {
+		t.Fatal(err)
+	}
+	// parallel queued plus the one being waited for.
+	if be.maxFlight > 4 || be.gets.Load() != 20 {
+		t.Fatalf("%d fetches in flight (want ≤ 4), %d gets", be.maxFlight, be.gets.Load())
+	}
+}
+
+func TestBackupsAndFindLatest(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t, NewMemory(), []byte("k"))
+	src := func(img string) map[string]string { return map[string]string{"pool": "rbd", "image": img} }
+	a1 := backup(t, r, image(1, "r", 0), BackupOptions{Source: src("a")})
+	time.Sleep(2 * time.Millisecond) // ids and times are to the millisecond
+	b1 := backup(t, r, image(2, "r", 0), BackupOptions{Source: src("b")})
+	time.Sleep(2 * time.Millisecond)
+	a2 := backup(t, r, image(3, "rr", 0), BackupOptions{Source: src("a"), Parent: a1, Meta: map[string]string{"order": "22"}})
+
+	// Objects of another tool sharing the bucket root are not backups.
+	r.be.Put(ctx, "backups/velero-daily/velero-backup.json", []byte("{}"))
+	list, err := r.Backups(ctx)
+	if err != nil || len(list) != 3 || list[0].ID != a1.ID || list[1].ID != b1.ID || list[2].ID != a2.ID {
+		t.Fatalf("Backups: %v %+v", err, list)
+	}
+	if list[2].Parent != a1.ID || list[2].Meta["order"] != "22" || list[2].SHA256 != a2.SHA256 {
+		t.Fatalf("summary %+v", list[2])
+	}
+	latest, err := r.FindLatest(ctx, func(s *Summary) bool { return s.Source["image"] == "a" })
+	if err != nil || latest == nil || latest.ID != a2.ID || len(latest.Extents) != 2 {
+		t.Fatalf("FindLatest a: %v %+v", err, latest)
+	}
+	none, err := r.FindLatest(ctx, func(s *Summary) bool { return s.Source["image"] == "c" })
+	if err != nil || none != nil {
+		t.Fatalf("FindLatest c: %v %+v", err, none)
+	}
+	for _, id := range []string{"20990101T000000.000Z-00000000", "../config", ""} {
+		if _, err := r.LoadBackup(ctx, id); !errors.Is(err, ErrBackupNotFound) {
+			t.Errorf("LoadBackup(%q): %v", id, err)
+		}
+	}
+}
+
+func TestManifestTampering(t *testing.T) {
+	ctx := context.Background()
+	be := NewMemory()
+	r := newRepo(t, be, []byte("k"))
+	m1 := backup(t, r, image(1, "r", 0), BackupOptions{})
+	m2 := backup(t, r, image(2, "r", 0), BackupOptions{})
+	// A valid manifest copied under another backup's name fails
+	// authentication (the name is bound into the ciphertext).
+	obj, _ := be.Get(ctx, manifestName(m1.ID))
+	be.Put(ctx, manifestName(m2.ID), obj)
+	if _, err := r.LoadBackup(ctx, m2.ID); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("moved manifest: %v", err)
+	}
+	if _, err := r.Backups(ctx); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Backups with a bad manifest: %v", err)
+	}
+}

@@ -1,0 +1,299 @@
+package objectstore
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultParallel is how many chunks a writer encodes and uploads at once.
+const DefaultParallel = 8
+
+// BackupOptions describe a backup about to be written.
+type BackupOptions struct {
+	Size   int64     // image size in bytes
+	Parent *Manifest // previous backup of the same source, or nil
+	Method string    // free text: "full", "incremental from …", …
+	Source map[string]string
+	Meta   map[string]string
+	// Parallel bounds the chunks being hashed, compressed, encrypted and
+	// uploaded at once, and so the memory: about 2×Parallel chunks.
+	Parallel int
+	// Progress, if set, is called after every Write, on the writing
+	// goroutine, with the counters so far.
+	Progress func(Stats)
+}
+
+// BackupWriter writes one backup. Write is called from a single goroutine
+// with chunk-aligned, ascending offsets; the work after hashing the stream
+// runs on Parallel background workers. Not safe for concurrent use.
+//
+// Every byte of the image must pass through Write (or be a gap, which is
+// zeros): the manifest's SHA-256 is of the whole stream and SHA-256 cannot
+// be computed without the data. Unchanged chunks cost no upload: their id is
+// found among the parent's chunks (or, failing that, by a HEAD).
+type BackupWriter struct {
+	r        *Repository
+	m        Manifest
+	chunk    int64
+	progress func(Stats)
+
+	stream  hash.Hash
+	next    int64     // offset up to which the stream is hashed
+	extents []*Extent // IDs are filled in by the workers
+
+	ctx    context.Context // ends when the backup fails or is aborted
+	cancel context.CancelCauseFunc
+	bufs   chan []byte // free chunk buffers: bounds memory
+	jobs   chan job
+	wg     sync.WaitGroup
+	closed bool
+
+	mu    sync.Mutex
+	known map[ChunkID]bool // stored already, or claimed by a worker
+
+	bytesRead, chunks, bytesNew, bytesStored, chunksNew atomic.Int64
+}
+
+type job struct {
+	e    *Extent
+	data []byte
+}
+
+var errAborted = errors.New("backup aborted")
+
+// NewBackup starts a backup. ctx bounds the whole backup, background
+// uploads included.
+func (r *Repository) NewBackup(ctx context.Context, opt BackupOptions) (*BackupWriter, error) {
+	if opt.Size < 0 {
+		return nil, fmt.Errorf("negative image size %d", opt.Size)
+	}
+	par := opt.Parallel
+	if par <= 0 {
+		par = DefaultParallel
+	}
+	now := time.Now().UTC()
+	w := &BackupWriter{
+		r: r, chunk: int64(r.cfg.ChunkSize), progress: opt.Progress, stream: sha256.New(),
+		bufs: make(chan []byte, par), jobs: make(chan job, par), known: map[ChunkID]bool{},
+		m: Manifest{Summary: Summary{
+			Version: ManifestVersion, ID: newBackupID(now), Repository: r.cfg.ID, Created: now,
+			Size: opt.Size, ChunkSize: r.cfg.ChunkSize, Method: opt.Method, Source: opt.Source, Meta: opt.Meta,
+		}},
+	}
+	if p := opt.Parent; p != nil {
+		if p.Repository != r.cfg.ID || p.ChunkSize != r.cfg.ChunkSize {
+			return nil, fmt.Errorf("parent backup %s is from another repository", p.ID)
+		}
+		w.m.Parent = p.ID
+		for _, e := range p.Extents {
+			w.known[e.ID] = true
+		}
+	}
+	w.ctx, w.cancel = context.WithCancelCause(ctx)
+	for range par {
+		w.bufs <- nil // allocated on first use
+		w.wg.Add(1)
+		go w.worker()
+	}
+	return w, nil
+}
+
+// ID is the id the backup will have once committed.
+func (w *BackupWriter) ID() string { return w.m.ID }
+
+// Write adds the chunk at off. off is a multiple of the chunk size and
+// past the previous Write; bytes skipped in between are zeros. data is a
+// full chunk, or shorter only if it ends the image. An all-zero chunk is a
+// hole and is not stored. data may be reused once Write returns. A failed
+// Write changes nothing; once a background upload has failed, every call
+// returns that error.
+func (w *BackupWriter) Write(ctx context.Context, off int64, data []byte) error {
+	if err := w.check(off, int64(len(data))); err != nil {
+		return err
+	}
+	hole := allZero(data)
+	var buf []byte
+	if !hole {
+		var err error
+		if buf, err = w.buffer(ctx); err != nil {
+			return err
+		}
+	}
+	hashZeros(w.stream, off-w.next)
+	w.stream.Write(data)
+	w.next = off + int64(len(data))
+	w.bytesRead.Add(int64(len(data)))
+	if !hole {
+		e := &Extent{Offset: off, Length: int64(len(data))}
+		w.extents = append(w.extents, e)
+		w.chunks.Add(1)
+		w.jobs <- job{e, append(buf[:0], data...)} // never blocks: len(jobs) ≤ buffers
+	}
+	if w.progress != nil {
+		w.progress(w.Stats())
+	}
+	return nil
+}
+
+func (w *BackupWriter) check(off, n int64) error {
+	switch {
+	case w.closed:
+		return errors.New("backup writer already committed or aborted")
+	case w.ctx.Err() != nil:
+		return fmt.Errorf("backup failed: %w", context.Cause(w.ctx))
+	case off < w.next:
+		return fmt.Errorf("write at offset %d: offsets must ascend (next is %d)", off, w.next)
+	case off%w.chunk != 0:
+		return fmt.Errorf("write at offset %d: not a multiple of the chunk size %d", off, w.chunk)
+	case n == 0 || n > w.chunk || off+n > w.m.Size:
+		return fmt.Errorf("write of %d bytes at offset %d: outside the image or larger than a chunk", n, off)
+	case n < w.chunk && off+n != w.m.Size:
+		return fmt.Errorf("write of %d bytes at offset %d: only the image's last chunk may be short", n, off)
+	}
+	return nil
+}
+
+// buffer waits for a free chunk buffer: that wait is the backpressure
+// that bounds memory to Parallel chunks in flight.
+func (w *BackupWriter) buffer(ctx context.Context) ([]byte, error) {
+	select {
+	case buf := <-w.bufs:
+		if cap(buf) < int(w.chunk) {
+			buf = make([]byte, 0, w.chunk)
+		}
+		return buf, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-w.ctx.Done():
+		return nil, fmt.Errorf("backup failed: %w", context.Cause(w.ctx))
+	}
+}
+
+func (w *BackupWriter) worker() {
+	defer w.wg.Done()
+	var scratch []byte
+	for j := range w.jobs {
+		if w.ctx.Err() == nil { // after a failure, only drain
+			if err := w.store(j, &scratch); err != nil {
+				w.cancel(err)
+			}
+		}
+		w.bufs <- j.data
+	}
+}
+
+// store names the chunk and uploads it unless it is already there.
+func (w *BackupWriter) store(j job, scratch *[]byte) error {
+	id := w.r.keys.id(j.data)
+	j.e.ID = id
+	if !w.claim(id) {
+		return nil
+	}
+	name := chunkName(id)
+	ok, err := w.r.exists(w.ctx, name)
+	if err != nil {
+		return fmt.Errorf("checking chunk %s (offset %d): %w", id, j.e.Offset, err)
+	}
+	if ok {
+		return nil
+	}
+	*scratch = w.r.encode(*scratch, name, j.data)
+	if err := w.r.put(w.ctx, name, *scratch); err != nil {
+		return fmt.Errorf("uploading chunk %s (offset %d): %w", id, j.e.Offset, err)
+	}
+	w.chunksNew.Add(1)
+	w.bytesNew.Add(j.e.Length)
+	w.bytesStored.Add(int64(len(*scratch)))
+	return nil
+}
+
+// claim reports whether this worker is the first to see id. A later
+// duplicate needs nothing: if the first upload fails, so does the backup.
+func (w *BackupWriter) claim(id ChunkID) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.known[id] {
+		return false
+	}
+	w.known[id] = true
+	return true
+}
+
+// Stats returns the counters so far.
+func (w *BackupWriter) Stats() Stats {
+	return Stats{
+		BytesRead: w.bytesRead.Load(), BytesNew: w.bytesNew.Load(), BytesStored: w.bytesStored.Load(),
+		Chunks: w.chunks.Load(), ChunksNew: w.chunksNew.Load(),
+	}
+}
+
+// Commit waits for every upload, then writes the manifest. Only then does
+// the backup exist: a crash before leaves chunks that a re-run reuses, never
+// a backup that looks complete. Bytes after the last Write are zeros.
+func (w *BackupWriter) Commit(ctx context.Context) (*Manifest, error) {
+	if w.closed {
+		return nil, errors.New("backup writer already committed or aborted")
+	}
+	w.stop()
+	defer w.cancel(nil)
+	if w.ctx.Err() != nil {
+		return nil, fmt.Errorf("backup %s failed, no manifest written: %w", w.m.ID, context.Cause(w.ctx))
+	}
+	hashZeros(w.stream, w.m.Size-w.next)
+	w.m.SHA256 = hex.EncodeToString(w.stream.Sum(nil))
+	w.m.Stats = w.Stats()
+	w.m.Extents = make([]Extent, len(w.extents))
+	for i, e := range w.extents {
+		w.m.Extents[i] = *e
+	}
+	if err := w.r.saveManifest(ctx, &w.m); err != nil {
+		return nil, fmt.Errorf("writing manifest of backup %s: %w", w.m.ID, err)
+	}
+	return &w.m, nil
+}
+
+// Abort stops the workers and writes no manifest. Chunks already uploaded
+// stay (a re-run reuses them). It is a no-op after Commit, so it can be
+// deferred.
+func (w *BackupWriter) Abort() {
+	if !w.closed {
+		w.cancel(errAborted)
+		w.stop()
+	}
+}
+
+func (w *BackupWriter) stop() {
+	w.closed = true
+	close(w.jobs)
+	w.wg.Wait()
+}
+
+// zeros is a read-only block of zeros for hashing holes and spotting them.
+var zeros = make([]byte, 1<<20)
+
+func hashZeros(h hash.Hash, n int64) {
+	for n > 0 {
+		k := min(n, int64(len(zeros)))
+		h.Write(zeros[:k])
+		n -= k
+	}
+}
+
+func allZero(b []byte) bool {
+	for len(b) > 0 {
+		k := min(len(b), len(zeros))
+		if !bytes.Equal(b[:k], zeros[:k]) {
+			return false
+		}
+		b = b[k:]
+	}
+	return true
+}

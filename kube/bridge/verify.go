@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sort"
 	"strings"
 	"sync"
@@ -85,6 +86,8 @@ func (b *Bridge) Verify(ctx context.Context, names []string) (*Report, error) {
 			return nil, err
 		}
 	}
+	slog.Info("verified", "snapshots", len(rep.Snapshots), "orphans", len(rep.Orphans),
+		"cephConnectionsOpened", rbd.ConnectionsOpened())
 	return rep, nil
 }
 

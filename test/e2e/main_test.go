@@ -70,7 +70,7 @@ func build(out string) error {
 // clusterID, RADOS namespace and CSI driver name, so that listing all
 // snapshots or orphans in one test never sees another test's objects.
 type world struct {
-	t      *testing.T
+	t      testing.TB
 	sim    *sim.Sim
 	id     string
 	driver string
@@ -78,7 +78,7 @@ type world struct {
 
 var rookMu sync.Mutex // InstallRook read-modify-writes one ConfigMap
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	t.Helper()
 	id := "t" + strings.ReplaceAll(uuid.NewString(), "-", "")[:10]
 	opts := env.Options()
@@ -117,7 +117,7 @@ func (w *world) run(args ...string) result {
 	return runLifeboat(w.t, append(base, args...)...)
 }
 
-func runLifeboat(t *testing.T, args ...string) result {
+func runLifeboat(t testing.TB, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

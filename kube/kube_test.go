@@ -17,7 +17,7 @@ func ptr[T any](v T) *T { return &v }
 
 func TestCSIClusters(t *testing.T) {
 	rook := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "rook-ceph", Name: "rook-ceph-csi-config"},
-		Data: map[string]string{"csi-cluster-config-json": `[{"clusterID":"rook-ceph","monitors":["10.0.0.1:6789"],"rbd":{"radosNamespace":"tenant"}}]`}}
+		Data: map[string]string{"csi-cluster-config-json": `[{"clusterID":"rook-ceph","monitors":["127.0.0.9:6789"],"rbd":{"radosNamespace":"tenant"}}]`}}
 	plain := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "ceph-csi", Name: "ceph-csi-config"},
 		Data: map[string]string{"config.json": `[{"clusterID":"abc","monitors":["m1","m2"],"radosNamespace":"legacy"}]`}}
 	bad := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "bad"}, Data: map[string]string{"config.json": `{`}}
@@ -26,7 +26,7 @@ func TestCSIClusters(t *testing.T) {
 	ctx := context.Background()
 
 	cl, err := c.CSIClusters(ctx, "rook-ceph", "rook-ceph-csi-config")
-	if err != nil || len(cl) != 1 || cl[0].RadosNamespace() != "tenant" || cl[0].Monitors[0] != "10.0.0.1:6789" {
+	if err != nil || len(cl) != 1 || cl[0].RadosNamespace() != "tenant" || cl[0].Monitors[0] != "127.0.0.9:6789" {
 		t.Fatalf("rook config: %+v, %v", cl, err)
 	}
 	cl, err = c.CSIClusters(ctx, "ceph-csi", "ceph-csi-config")

@@ -98,9 +98,10 @@ type ImageSummary struct {
 }
 
 // SnapshotImages lists the CSI snapshot images of a pool and RADOS
-// namespace: the images ceph-csi's snapshot journal names, and any other
-// image whose name starts with prefix (ceph-csi's naming convention).
-func (c *Cluster) SnapshotImages(pool, namespace, prefix, instanceID string) ([]ImageSummary, error) {
+// namespace that keep(name) rejects: the images ceph-csi's snapshot journal
+// names, and any other image whose name starts with prefix (ceph-csi's
+// naming convention). Only those are opened, for their size.
+func (c *Cluster) SnapshotImages(pool, namespace, prefix, instanceID string, skip func(name string) bool) ([]ImageSummary, error) {
 	ioctx, err := c.IOContext(pool, namespace)
 	if err != nil {
 		return nil, err
@@ -121,7 +122,7 @@ func (c *Cluster) SnapshotImages(pool, namespace, prefix, instanceID string) ([]
 	}
 	var out []ImageSummary
 	for _, name := range all {
-		if !inJournal[name] && !strings.HasPrefix(name, prefix) {
+		if skip(name) || (!inJournal[name] && !strings.HasPrefix(name, prefix)) {
 			continue
 		}
 		size, err := imageSize(ioctx, name)

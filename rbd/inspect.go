@@ -131,10 +131,12 @@ func (i *ImageInfo) Snapshot(name string) (SnapInfo, bool) {
 // ErrImageNotFound is wrapped when the image does not exist.
 var ErrImageNotFound = errors.New("image not found")
 
-// Inspect reads an image's metadata: size, layout, features, parent (and
-// whether the parent and its snapshot still exist) and all snapshots. It
-// never writes.
-func (c *Cluster) Inspect(pool, namespace, name string) (*ImageInfo, error) {
+// Inspect reads an image's metadata: size, layout, features, parent and all
+// snapshots. It never writes. librbd opens a clone's parent chain along
+// with the clone, so a clone that opens has its parent image and snapshot;
+// parentDetails also opens the parent to name its snapshot's namespace
+// (trash) and original name, which resolve shows and verify does not need.
+func (c *Cluster) Inspect(pool, namespace, name string, parentDetails bool) (*ImageInfo, error) {
 	ioctx, err := c.IOContext(pool, namespace)
 	if err != nil {
 		return nil, err
@@ -158,7 +160,7 @@ func (c *Cluster) Inspect(pool, namespace, name string) (*ImageInfo, error) {
 	if info.Snapshots, err = listSnapshots(img); err != nil {
 		return nil, fmt.Errorf("listing snapshots of %s: %w", where, err)
 	}
-	if info.Parent, err = c.readParent(img); err != nil {
+	if info.Parent, err = c.readParent(img, parentDetails); err != nil {
 		return nil, fmt.Errorf("reading parent of %s: %w", where, err)
 	}
 	if info.Parent != nil {
@@ -225,7 +227,7 @@ func snapNamespace(img *librbd.Image, id uint64) (ns, trashName string, err erro
 // readParent returns nil for an image without a parent (never a clone, or
 // flattened). It opens the parent by ID, which works in the RBD trash too,
 // to tell whether the parent image and its snapshot are still there.
-func (c *Cluster) readParent(img *librbd.Image) (*ParentInfo, error) {
+func (c *Cluster) readParent(img *librbd.Image, details bool) (*ParentInfo, error) {
 	p, err := img.GetParent()
 	if errors.Is(err, librbd.ErrNotFound) {
 		return nil, nil
@@ -238,7 +240,9 @@ func (c *Cluster) readParent(img *librbd.Image) (*ParentInfo, error) {
 		Image: p.Image.ImageName, ImageID: p.Image.ImageID, InTrash: p.Image.Trash,
 		SnapID: p.Snap.ID, Snap: p.Snap.SnapName,
 	}
-	c.checkParent(pi)
+	if details {
+		c.checkParent(pi)
+	}
 	return pi, nil
 }
 

@@ -116,7 +116,7 @@ func (b *Bridge) Resolve(ctx context.Context, target string) (*Resolution, error
 		return nil, err
 	}
 	r.Image, r.ImageID, r.Source, r.FromJournal, r.FSID = imageOf(ref), ref.ImageID, ref.Source, ref.FromJournal, cl.FSID
-	info, err := cl.Inspect(ref.Pool, ref.Namespace, ref.Image)
+	info, err := cl.Inspect(ref.Pool, ref.Namespace, ref.Image, true)
 	if err != nil {
 		return nil, err
 	}

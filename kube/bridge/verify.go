@@ -170,7 +170,7 @@ func (b *Bridge) check(ctx context.Context, s kube.Snapshot) (c checked, err err
 	if !s.Ready() {
 		return c, nil // an unfinished snapshot is only NotReady
 	}
-	info, err := cl.Inspect(ref.Pool, ref.Namespace, ref.Image)
+	info, err := cl.Inspect(ref.Pool, ref.Namespace, ref.Image, false)
 	if err != nil {
 		return c, b.asProblem(err, add)
 	}
@@ -219,14 +219,12 @@ func (b *Bridge) orphans(ctx context.Context, checked map[string]checked) ([]Orp
 		if err != nil {
 			return nil, err
 		}
-		found, err := cl.SnapshotImages(k.pool, k.ns, b.opts.SnapshotPrefix, b.opts.InstanceID)
+		found, err := cl.SnapshotImages(k.pool, k.ns, b.opts.SnapshotPrefix, b.opts.InstanceID, func(name string) bool { return images[name] })
 		if err != nil {
 			return nil, err
 		}
 		for _, img := range found {
-			if !images[img.Name] {
-				out = append(out, Orphan{ClusterID: k.cluster, Pool: k.pool, Namespace: k.ns, Image: img.Name, Size: img.Size})
-			}
+			out = append(out, Orphan{ClusterID: k.cluster, Pool: k.pool, Namespace: k.ns, Image: img.Name, Size: img.Size})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/lifeboat-backup/lifeboat/test/sim"
 )
@@ -99,7 +100,29 @@ func newWorld(t testing.TB) *world {
 	if err != nil {
 		t.Fatalf("installing Rook objects: %v", err)
 	}
-	return &world{t: t, sim: s, id: id, driver: opts.Driver}
+	w := &world{t: t, sim: s, id: id, driver: opts.Driver}
+	t.Cleanup(w.cleanup)
+	return w
+}
+
+// cleanup removes the world's Kubernetes objects and its clusterID from
+// ceph-csi's config, so a later `lifeboat verify` of the whole stack (make
+// demo) does not see them. Its images stay in its own RADOS namespace.
+func (w *world) cleanup() {
+	ctx := context.Background()
+	contents, err := w.sim.Snap.SnapshotV1().VolumeSnapshotContents().List(ctx, metav1.ListOptions{})
+	if err == nil {
+		for _, c := range contents.Items {
+			if c.Spec.Driver == w.driver {
+				_ = w.sim.Snap.SnapshotV1().VolumeSnapshotContents().Delete(ctx, c.Name, metav1.DeleteOptions{})
+			}
+		}
+	}
+	_ = w.sim.DeleteNamespace(ctx, w.id)
+	rookMu.Lock()
+	_ = w.sim.UninstallRook(ctx)
+	rookMu.Unlock()
+	_ = w.sim.DeleteClasses(ctx)
 }
 
 // result is one run of the binary.

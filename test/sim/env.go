@@ -86,13 +86,18 @@ func (e Env) Require(keys ...string) error {
 }
 
 // Monitors returns the monitor addresses ceph-csi's config should list:
-// CEPH_MON_HOST_V1 then CEPH_MON_HOST_V2 ("ip:port" each), skipping empty
-// ones. Values may themselves be comma separated.
+// CEPH_MON_HOST_V2 then CEPH_MON_HOST_V1, each with its protocol prefix
+// (v2:ip:port, v1:ip:port). Without the prefix librados guesses the protocol
+// from the port (3300 v2, 6789 v1) and, on the stack's other ports, guesses
+// wrong and logs it. Values may themselves be comma separated.
 func (e Env) Monitors() []string {
 	var mons []string
-	for _, k := range []string{"CEPH_MON_HOST_V1", "CEPH_MON_HOST_V2"} {
-		for _, m := range strings.Split(e[k], ",") {
+	for _, k := range []struct{ key, proto string }{{"CEPH_MON_HOST_V2", "v2:"}, {"CEPH_MON_HOST_V1", "v1:"}} {
+		for _, m := range strings.Split(e[k.key], ",") {
 			if m = strings.TrimSpace(m); m != "" {
+				if !strings.HasPrefix(m, "v1:") && !strings.HasPrefix(m, "v2:") {
+					m = k.proto + m
+				}
 				mons = append(mons, m)
 			}
 		}

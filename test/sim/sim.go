@@ -26,6 +26,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/lifeboat-backup/lifeboat/rbd/handle"
 	"strings"
 
 	"github.com/ceph/go-ceph/rados"
@@ -299,12 +300,16 @@ func (s *Sim) FSID() (string, error) { return s.conn.GetFSID() }
 
 // handle builds a handle in the Sim's cluster and pool.
 func (s *Sim) handle(uuid string) (string, error) {
-	return EncodeHandle(s.opts.ClusterID, s.poolID, uuid)
+	h := handle.ID{Version: handle.Version, ClusterID: s.opts.ClusterID, PoolID: s.poolID, UUID: uuid}.String()
+	if _, err := handle.Decode(h); err != nil {
+		return "", err
+	}
+	return h, nil
 }
 
 // parseHandle decodes h and checks it belongs to this Sim's cluster and pool.
-func (s *Sim) parseHandle(h string) (Handle, error) {
-	d, err := ParseHandle(h)
+func (s *Sim) parseHandle(h string) (handle.ID, error) {
+	d, err := handle.Decode(h)
 	if err != nil {
 		return d, err
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/lifeboat-backup/lifeboat/rbd/handle"
 	"os"
 	"os/exec"
 	"slices"
@@ -419,7 +420,7 @@ func checkVolume(t *testing.T, s *sim.Sim, env sim.Env, ctx context.Context, v *
 	if v.Name != "csi-vol-"+v.UUID || v.Size != size || v.Namespace != ns || v.PVC != pvc {
 		t.Errorf("volume %+v", v)
 	}
-	h, err := sim.ParseHandle(v.Handle)
+	h, err := handle.Decode(v.Handle)
 	if err != nil || h.ClusterID != o.ClusterID || h.PoolID != s.PoolID() || h.UUID != v.UUID {
 		t.Errorf("volume handle %s = %+v, %v", v.Handle, h, err)
 	}
@@ -478,7 +479,7 @@ func checkSnapshot(t *testing.T, s *sim.Sim, env sim.Env, ctx context.Context, v
 	if snap.ImageName != "csi-snap-"+snap.UUID || snap.SnapName != snap.ImageName || snap.Size != v.Size || snap.ParentImage != v.Name {
 		t.Errorf("snapshot %+v", snap)
 	}
-	h, err := sim.ParseHandle(snap.Handle)
+	h, err := handle.Decode(snap.Handle)
 	if err != nil || h.ClusterID != o.ClusterID || h.PoolID != s.PoolID() || h.UUID != snap.UUID {
 		t.Errorf("snapshot handle %s = %+v, %v", snap.Handle, h, err)
 	}
@@ -712,7 +713,7 @@ func TestInstallRook(t *testing.T) {
 		t.Errorf("AuthGetKey %q != CEPH_CSI_KEY %q", key, k)
 	}
 	mons := env.Monitors()
-	if err := s.InstallRook(ctx, []string{"10.0.0.1:6789"}, "someone", "x"); err != nil {
+	if err := s.InstallRook(ctx, []string{"127.0.0.9:6789"}, "someone", "x"); err != nil {
 		t.Fatal(err)
 	}
 	// Another cluster's entry, with fields we do not know, must survive.
@@ -724,7 +725,7 @@ func TestInstallRook(t *testing.T) {
 	if err := json.Unmarshal([]byte(cm.Data[sim.RookConfigKey]), &entries); err != nil {
 		t.Fatal(err)
 	}
-	entries = append(entries, map[string]any{"clusterID": "other", "monitors": []string{"1.2.3.4:6789"}, "cephFS": map[string]any{"subvolumeGroup": "csi"}})
+	entries = append(entries, map[string]any{"clusterID": "other", "monitors": []string{"127.0.0.8:6789"}, "cephFS": map[string]any{"subvolumeGroup": "csi"}})
 	b, _ := json.Marshal(entries)
 	cm.Data[sim.RookConfigKey] = string(b)
 	if _, err := s.Kube.CoreV1().ConfigMaps(rookNS).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {

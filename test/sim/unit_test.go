@@ -12,65 +12,6 @@ import (
 	"testing"
 )
 
-func TestHandleRoundTrip(t *testing.T) {
-	// Example from ceph-csi's docs/design and internal/util/volid_test.go.
-	const want = "0001-0009-rook-ceph-0000000000000002-a0a1af05-a364-11eb-baf1-7a576c7e3674"
-	got, err := EncodeHandle("rook-ceph", 2, "a0a1af05-a364-11eb-baf1-7a576c7e3674")
-	if err != nil || got != want {
-		t.Fatalf("EncodeHandle = %q, %v; want %q", got, err, want)
-	}
-	h, err := ParseHandle(want)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if h != (Handle{Version: 1, ClusterID: "rook-ceph", PoolID: 2, UUID: "a0a1af05-a364-11eb-baf1-7a576c7e3674"}) {
-		t.Fatalf("ParseHandle = %+v", h)
-	}
-}
-
-func TestHandleClusterIDWithDashesAndBigPool(t *testing.T) {
-	h := Handle{ClusterID: "a-b-c-0001-ffff", PoolID: 0x1234567890abcdef, UUID: "00000000-0000-0000-0000-000000000000"}
-	s, err := h.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasPrefix(s, "0001-000f-a-b-c-0001-ffff-1234567890abcdef-") {
-		t.Fatalf("encoded %q", s)
-	}
-	back, err := ParseHandle(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.Version = 1
-	if back != h {
-		t.Fatalf("round trip %+v != %+v", back, h)
-	}
-}
-
-func TestHandleErrors(t *testing.T) {
-	good := "0001-0009-rook-ceph-0000000000000002-a0a1af05-a364-11eb-baf1-7a576c7e3674"
-	for _, bad := range []string{
-		"",
-		"csi-vol-a0a1af05-a364-11eb-baf1-7a576c7e3674",
-		"0002" + good[4:],        // version
-		"0001-000a" + good[9:],   // wrong clusterID length
-		"0001-0008" + good[9:],   // wrong clusterID length
-		good[:len(good)-1] + "x", // bad uuid
-		strings.Replace(good, "00000000000000", "zz000000000000", 1), // bad pool
-		good + "0",
-	} {
-		if h, err := ParseHandle(bad); err == nil {
-			t.Errorf("ParseHandle(%q) = %+v, want error", bad, h)
-		}
-	}
-	if _, err := EncodeHandle("rook-ceph", 1, "short"); err == nil {
-		t.Error("EncodeHandle accepted a short uuid")
-	}
-	if _, err := EncodeHandle(strings.Repeat("x", 80), 1, "a0a1af05-a364-11eb-baf1-7a576c7e3674"); err == nil {
-		t.Error("EncodeHandle accepted a handle longer than 128")
-	}
-}
-
 func TestParseRegions(t *testing.T) {
 	rs, err := ParseRegions("random:64M, text:32M,hole:16M,random:4K@1G,zero:1Mi,discard:512KiB")
 	if err != nil {
@@ -199,7 +140,7 @@ func TestLoadEnvFile(t *testing.T) {
 	if env["KUBECONFIG"] != "/x/kubeconfig" || env["CEPH_CONF"] != "/x/ceph.conf" || env["CEPH_MON_HOST_V2"] != "127.0.0.1:13300" {
 		t.Fatalf("env %v", env)
 	}
-	if m := env.Monitors(); len(m) != 2 || m[0] != "127.0.0.1:16789" || m[1] != "127.0.0.1:13300" {
+	if m := env.Monitors(); len(m) != 2 || m[0] != "v2:127.0.0.1:13300" || m[1] != "v1:127.0.0.1:16789" {
 		t.Fatalf("monitors %v", m)
 	}
 	if err := env.Require("KUBECONFIG", "EMPTY", "NOPE"); err == nil || !strings.Contains(err.Error(), "EMPTY, NOPE") {

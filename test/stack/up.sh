@@ -183,8 +183,9 @@ main() {
   ensure_minio
   wait "$ceph_job" || die "Ceph cluster failed to start, see $D/ceph/log"
   write_env
-  log "stack up in ${SECONDS}s; env: $D/env"
-  cat "$D/env"
+  log "stack up in ${SECONDS}s; env: $D/env (load it with: set -a; . $D/env; set +a)"
+  # Print the endpoints, never the keys and tokens.
+  grep -E '^(CEPH_CONF|CEPH_MON_HOST_V[12]|KUBECONFIG|KUBE_APISERVER|S3_ENDPOINT)=' "$D/env"
 }
 
 main "$@"

@@ -61,7 +61,8 @@ bad credentials, bad flags).`,
 	f.StringVar(&g.cephKeyring, "ceph-keyring", "", "keyring file with --ceph-conf; default from the conf")
 	f.StringVar(&g.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 
-	root.AddCommand(newResolveCmd(g), newVerifyCmd(g), newVersionCmd())
+	root.AddCommand(newResolveCmd(g), newVerifyCmd(g), newExportCmd(g), newRestoreCmd(g), newCatCmd(g),
+		newBackupsCmd(g), newRepoCmd(), newVersionCmd())
 	return root
 }
 
@@ -91,13 +92,16 @@ func (g *globals) validate() error {
 }
 
 // bridge connects to Kubernetes and prepares (lazy) Ceph connections.
+//
+// With --ceph-conf, Kubernetes is optional: commands that only touch Ceph
+// and S3 (export --image, restore, cat) work without an API server.
 func (g *globals) bridge() (*bridge.Bridge, error) {
+	var clients *kube.Clients
 	cfg, err := kube.RESTConfig(g.kubeconfig, g.kubeTimeout)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		clients, err = kube.NewClients(cfg)
 	}
-	clients, err := kube.NewClients(cfg)
-	if err != nil {
+	if err != nil && g.cephConf == "" {
 		return nil, err
 	}
 	opts := bridge.Options{

@@ -73,6 +73,9 @@ func New(k *kube.Clients, opts Options) *Bridge {
 // Close drops the Ceph connections.
 func (b *Bridge) Close() { b.Ceph.Close() }
 
+// errNoKube: a Bridge made for Ceph alone was asked about Kubernetes.
+var errNoKube = errors.New("no Kubernetes API server configured (use --kubeconfig, or run in a pod)")
+
 // ErrUnknownCluster is wrapped when a clusterID is not in ceph-csi's config.
 var ErrUnknownCluster = errors.New("clusterID not in ceph-csi's config")
 
@@ -82,6 +85,9 @@ func (b *Bridge) csiClusters(ctx context.Context) ([]kube.CSICluster, error) {
 	defer b.mu.Unlock()
 	if b.loaded {
 		return b.clusters, nil
+	}
+	if b.Kube == nil {
+		return nil, errNoKube
 	}
 	cl, err := b.Kube.CSIClusters(ctx, b.opts.Namespace, b.opts.ConfigMap)
 	if err != nil {

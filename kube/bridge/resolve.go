@@ -69,6 +69,9 @@ func (b *Bridge) Locate(ctx context.Context, h string) (rbd.Ref, *rbd.Cluster, e
 // VolumeSnapshot as namespace/name, or a raw ceph-csi handle (then the
 // content with that handle, if any, is looked up).
 func (b *Bridge) Find(ctx context.Context, target string) (kube.Snapshot, string, error) {
+	if b.Kube == nil {
+		return kube.Snapshot{}, "", errNoKube
+	}
 	if _, err := handle.Decode(target); err == nil {
 		all, err := b.Kube.ListSnapshots(ctx, b.opts.DriverSuffix)
 		if err != nil {

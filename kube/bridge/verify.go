@@ -64,6 +64,9 @@ const verifyParallelism = 8
 // orphans. It reads only. An error means it could not check: the API server
 // or a Ceph cluster unreachable, or access refused.
 func (b *Bridge) Verify(ctx context.Context, names []string) (*Report, error) {
+	if b.Kube == nil {
+		return nil, errNoKube
+	}
 	all, err := b.Kube.ListSnapshots(ctx, b.opts.DriverSuffix)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lifeboat-backup/lifeboat/kube/backup"
+	"github.com/lifeboat-backup/lifeboat/objectstore"
+)
+
+func newBackupsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "backups", Short: "List and show the backups in the repository"}
+	rf := &repoFlags{}
+	var pvc, velero string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List backups, oldest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			repo, err := rf.open(cmd.Context(), cmd)
+			if err != nil {
+				return err
+			}
+			all, err := repo.Backups(cmd.Context())
+			if err != nil {
+				return err
+			}
+			out := []objectstore.Summary{}
+			for _, s := range all {
+				if (pvc == "" || s.Source[backup.KeyPVC] == pvc) && (velero == "" || s.Source[backup.KeyVeleroBackup] == velero) {
+					out = append(out, s)
+				}
+			}
+			if ok, err := printStructured(cmd.OutOrStdout(), g.output, out); ok {
+				return err
+			}
+			w := newTable(cmd.OutOrStdout())
+			row(w, "ID", "CREATED", "PVC", "VELERO BACKUP", "SOURCE", "SIZE", "NEW", "STORED")
+			for _, s := range out {
+				row(w, s.ID, s.Created.Format("2006-01-02 15:04:05"), s.Source[backup.KeyPVC], s.Source[backup.KeyVeleroBackup],
+					sourceSpec(s), bytesIEC(uint64(s.Size)), bytesIEC(uint64(s.Stats.BytesNew)), bytesIEC(uint64(s.Stats.BytesStored)))
+			}
+			return w.Flush()
+		},
+	}
+	addRepoFlags(list, rf)
+	list.Flags().StringVar(&pvc, "pvc", "", "only backups of this PVC (NAMESPACE/NAME)")
+	list.Flags().StringVar(&velero, "velero-backup", "", "only backups made for this Velero backup")
+
+	rfShow := &repoFlags{}
+	show := &cobra.Command{
+		Use:   "show ID",
+		Short: "Show one backup's manifest (without its chunk list)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			repo, err := rfShow.open(cmd.Context(), cmd)
+			if err != nil {
+				return err
+			}
+			m, err := repo.LoadBackup(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if ok, err := printStructured(cmd.OutOrStdout(), g.output, m.Summary); ok {
+				return err
+			}
+			printSummary(cmd, m)
+			return nil
+		},
+	}
+	addRepoFlags(show, rfShow)
+	cmd.AddCommand(list, show)
+	return cmd
+}
+
+func sourceSpec(s objectstore.Summary) string {
+	spec := s.Source[backup.KeyPool] + "/"
+	if ns := s.Source[backup.KeyNamespace]; ns != "" {
+		spec += ns + "/"
+	}
+	return spec + s.Source[backup.KeyImage] + "@" + s.Source[backup.KeySnapshot]
+}
+
+func printSummary(cmd *cobra.Command, m *objectstore.Manifest) {
+	w := newTable(cmd.OutOrStdout())
+	defer w.Flush()
+	kv := func(k string, v any) { row(w, k+":", v) }
+	kv("ID", m.ID)
+	kv("Created", m.Created)
+	kv("Parent", m.Parent)
+	kv("Method", m.Method)
+	kv("Size", fmt.Sprintf("%s (%d bytes)", bytesIEC(uint64(m.Size)), m.Size))
+	kv("SHA-256", m.SHA256)
+	kv("Chunk size", bytesIEC(uint64(m.ChunkSize)))
+	kv("Chunks", fmt.Sprintf("%d (%d new)", m.Stats.Chunks, m.Stats.ChunksNew))
+	kv("Bytes read/new/stored", fmt.Sprintf("%s / %s / %s", bytesIEC(uint64(m.Stats.BytesRead)),
+		bytesIEC(uint64(m.Stats.BytesNew)), bytesIEC(uint64(m.Stats.BytesStored))))
+	kv("Source", sourceSpec(m.Summary))
+	for _, k := range sortedKeys(m.Source) {
+		kv("  "+k, m.Source[k])
+	}
+	for _, k := range sortedKeys(m.Meta) {
+		kv("  "+k, m.Meta[k])
+	}
+}

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"sigs.k8s.io/yaml"
+
+	"github.com/lifeboat-backup/lifeboat/objectstore"
+)
+
+// fileConfig is the --config YAML file. Flags given on the command line
+// win over it.
+type fileConfig struct {
+	S3 struct {
+		Endpoint     string `json:"endpoint"`
+		Bucket       string `json:"bucket"`
+		Prefix       string `json:"prefix"`
+		Region       string `json:"region"`
+		CAFile       string `json:"caFile"`
+		PathStyle    bool   `json:"pathStyle"`
+		CreateBucket bool   `json:"createBucket"`
+	} `json:"s3"`
+	EncryptionKeyFile string `json:"encryptionKeyFile"`
+	Parallel          int    `json:"parallel"`
+}
+
+// repoFlags are the flags of every command that uses the repository.
+type repoFlags struct {
+	config   string
+	s3       objectstore.S3Config
+	keyFile  string
+	parallel int
+}
+
+func addRepoFlags(cmd *cobra.Command, r *repoFlags) {
+	f := cmd.Flags()
+	f.StringVar(&r.config, "config", "", "YAML file with s3.{endpoint,bucket,prefix,region,caFile,pathStyle,createBucket}, encryptionKeyFile, parallel")
+	f.StringVar(&r.s3.Endpoint, "s3-endpoint", "", "S3 endpoint URL, e.g. https://s3.example.com:9000")
+	f.StringVar(&r.s3.Bucket, "s3-bucket", "", "S3 bucket of the backup repository")
+	f.StringVar(&r.s3.Prefix, "s3-prefix", "", "folder inside the bucket (several repositories can share a bucket)")
+	f.StringVar(&r.s3.Region, "s3-region", "", "S3 region (default: asked from the server)")
+	f.StringVar(&r.s3.CACertFile, "s3-ca-file", "", "PEM CA bundle to trust for a TLS endpoint, besides the system's")
+	f.BoolVar(&r.s3.PathStyle, "s3-path-style", false, "use path-style requests (most non-AWS servers)")
+	f.BoolVar(&r.s3.CreateBucket, "s3-create-bucket", false, "create the bucket if it is missing")
+	f.StringVar(&r.keyFile, "encryption-key-file", "", "file holding the repository's encryption key (trailing newline ignored); losing it loses the backups")
+	f.IntVar(&r.parallel, "parallel", 0, "chunks read, uploaded or written at once (default 8)")
+}
+
+// resolve merges the --config file under the flags, and the credentials
+// from the environment.
+func (r *repoFlags) resolve(cmd *cobra.Command) error {
+	if r.config != "" {
+		raw, err := os.ReadFile(r.config)
+		if err != nil {
+			return fmt.Errorf("--config: %w", err)
+		}
+		var fc fileConfig
+		if err := yaml.UnmarshalStrict(raw, &fc); err != nil {
+			return fmt.Errorf("--config %s: %w", r.config, err)
+		}
+		set := func(flag string, dst *string, v string) {
+			if !cmd.Flags().Changed(flag) && v != "" {
+				*dst = v
+			}
+		}
+		set("s3-endpoint", &r.s3.Endpoint, fc.S3.Endpoint)
+		set("s3-bucket", &r.s3.Bucket, fc.S3.Bucket)
+		set("s3-prefix", &r.s3.Prefix, fc.S3.Prefix)
+		set("s3-region", &r.s3.Region, fc.S3.Region)
+		set("s3-ca-file", &r.s3.CACertFile, fc.S3.CAFile)
+		set("encryption-key-file", &r.keyFile, fc.EncryptionKeyFile)
+		if !cmd.Flags().Changed("s3-path-style") {
+			r.s3.PathStyle = fc.S3.PathStyle
+		}
+		if !cmd.Flags().Changed("s3-create-bucket") {
+			r.s3.CreateBucket = fc.S3.CreateBucket
+		}
+		if !cmd.Flags().Changed("parallel") && fc.Parallel > 0 {
+			r.parallel = fc.Parallel
+		}
+	}
+	if r.s3.Endpoint == "" || r.s3.Bucket == "" {
+		return fmt.Errorf("no backup repository: set --s3-endpoint and --s3-bucket (or s3.endpoint and s3.bucket in --config)")
+	}
+	r.s3.AccessKey, r.s3.SecretKey = os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
+	if r.s3.AccessKey == "" || r.s3.SecretKey == "" {
+		return fmt.Errorf("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+	}
+	if r.parallel < 0 {
+		return fmt.Errorf("--parallel must be positive")
+	}
+	return nil
+}
+
+// key reads the encryption key file, if any.
+func (r *repoFlags) key() ([]byte, error) {
+	if r.keyFile == "" {
+		return nil, nil
+	}
+	k, err := os.ReadFile(r.keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--encryption-key-file: %w", err)
+	}
+	k = bytes.TrimRight(k, "\r\n")
+	if len(k) == 0 {
+		return nil, fmt.Errorf("--encryption-key-file %s is empty", r.keyFile)
+	}
+	return k, nil
+}
+
+func (r *repoFlags) backend(ctx context.Context, cmd *cobra.Command) (*objectstore.S3, error) {
+	if err := r.resolve(cmd); err != nil {
+		return nil, err
+	}
+	return objectstore.NewS3(ctx, r.s3)
+}
+
+// open opens the repository.
+func (r *repoFlags) open(ctx context.Context, cmd *cobra.Command) (*objectstore.Repository, error) {
+	be, err := r.backend(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	key, err := r.key()
+	if err != nil {
+		return nil, err
+	}
+	return objectstore.Open(ctx, be, key)
+}
+
+func newRepoCmd() *cobra.Command {
+	repo := &cobra.Command{Use: "repo", Short: "Manage the backup repository on S3"}
+	rf := &repoFlags{}
+	var chunk string
+	initCmd := &cobra.Command{
+		Use:   "init",
+		Short: "Create a backup repository in an S3 bucket (and prefix)",
+		Long: `init writes the repository's config object. The chunk size is fixed for the repository's
+life. With --encryption-key-file every chunk and manifest is encrypted (AES-256-GCM) under a
+random master key wrapped by that key: keep the key safe, a lost key is lost backups.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			q, err := resource.ParseQuantity(strings.TrimSuffix(strings.TrimSuffix(chunk, "B"), "b"))
+			if err != nil {
+				return fmt.Errorf("--chunk-size %q: use a size like 4MiB", chunk)
+			}
+			be, err := rf.backend(cmd.Context(), cmd)
+			if err != nil {
+				return err
+			}
+			key, err := rf.key()
+			if err != nil {
+				return err
+			}
+			repo, err := objectstore.Init(cmd.Context(), be, objectstore.InitOptions{ChunkSize: int(q.Value()), Key: key})
+			if err != nil {
+				return err
+			}
+			c := repo.Config()
+			fmt.Fprintf(cmd.OutOrStdout(), "created repository %s in %s: chunk size %s, encryption %s\n",
+				c.ID[:12], be, bytesIEC(uint64(c.ChunkSize)), c.Encryption)
+			return nil
+		},
+	}
+	addRepoFlags(initCmd, rf)
+	initCmd.Flags().StringVar(&chunk, "chunk-size", "4MiB", "chunk size, a power of two from 64KiB to 64MiB")
+	repo.AddCommand(initCmd)
+	return repo
+}

@@ -1,0 +1,261 @@
+package rbd
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/ceph/go-ceph/rados"
+	librbd "github.com/ceph/go-ceph/rbd"
+)
+
+// ErrImageExists is wrapped when a restore target already exists.
+var ErrImageExists = errors.New("image already exists")
+
+// creatable are the features a new image may be created with; the others
+// (operations, migrating, non-primary, ...) are set by librbd itself.
+var creatable = FeatureLayering | featureExclusive | FeatureObjectMap | FeatureFastDiff | FeatureDeepFlatten
+
+// ParseFeatures turns "layering,deep-flatten" into feature bits. Features
+// librbd sets on its own (operations) are dropped; unknown names fail.
+func ParseFeatures(list string) (uint64, error) {
+	var f uint64
+	for _, name := range strings.Split(list, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		bit, ok := uint64(0), false
+		for _, n := range featureNames {
+			if n.name == name {
+				bit, ok = n.bit, true
+			}
+		}
+		if !ok {
+			return 0, fmt.Errorf("unknown RBD feature %q", name)
+		}
+		f |= bit
+	}
+	return f & creatable, nil
+}
+
+// ImageWriter writes an image with parallel writers; see CreateImage.
+type ImageWriter struct {
+	Spec  string
+	img   *librbd.Image
+	ioctx *rados.IOContext
+
+	jobs chan writeJob
+	bufs chan []byte
+	wg   sync.WaitGroup
+
+	mu  sync.Mutex
+	err error
+}
+
+type writeJob struct {
+	off  uint64
+	data []byte
+	buf  []byte
+}
+
+// CreateImage creates pool/ns/name (size bytes, the given features and
+// object order, 0 for the default) and opens it for writing with parallel
+// writers of bufSize-byte buffers. A new image reads as zeros: holes need
+// no writes. It refuses an existing image: see OpenImageForWrite.
+func (c *Cluster) CreateImage(pool, namespace, name string, size, features uint64, order, parallel, bufSize int) (*ImageWriter, error) {
+	spec := Ref{Pool: pool, Namespace: namespace, Image: name}.Spec()
+	ioctx, err := c.IOContext(pool, namespace)
+	if err != nil {
+		return nil, err
+	}
+	opts := librbd.NewRbdImageOptions()
+	defer opts.Destroy()
+	if err := opts.SetUint64(librbd.RbdImageOptionFeatures, features&creatable); err != nil {
+		ioctx.Destroy()
+		return nil, err
+	}
+	if order > 0 {
+		if err := opts.SetUint64(librbd.RbdImageOptionOrder, uint64(order)); err != nil {
+			ioctx.Destroy()
+			return nil, err
+		}
+	}
+	if err := librbd.CreateImage(ioctx, name, size, opts); err != nil {
+		ioctx.Destroy()
+		if errors.Is(err, rados.ErrObjectExists) || strings.Contains(err.Error(), "exists") {
+			return nil, fmt.Errorf("%w: %s", ErrImageExists, spec)
+		}
+		return nil, fmt.Errorf("creating %s: %w", spec, err)
+	}
+	return c.openWriter(ioctx, spec, name, parallel, bufSize)
+}
+
+// OpenImageForWrite opens an existing image to overwrite it (restore with
+// --force), resizing it to size first.
+func (c *Cluster) OpenImageForWrite(pool, namespace, name string, size uint64, parallel, bufSize int) (*ImageWriter, error) {
+	spec := Ref{Pool: pool, Namespace: namespace, Image: name}.Spec()
+	ioctx, err := c.IOContext(pool, namespace)
+	if err != nil {
+		return nil, err
+	}
+	w, err := c.openWriter(ioctx, spec, name, parallel, bufSize)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.img.Resize(size); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("resizing %s to %d bytes: %w", spec, size, err)
+	}
+	return w, nil
+}
+
+func (c *Cluster) openWriter(ioctx *rados.IOContext, spec, name string, parallel, bufSize int) (*ImageWriter, error) {
+	img, err := librbd.OpenImage(ioctx, name, librbd.NoSnapshot)
+	if err != nil {
+		ioctx.Destroy()
+		if errors.Is(err, librbd.ErrNotFound) {
+			return nil, fmt.Errorf("%w: %s", ErrImageNotFound, spec)
+		}
+		return nil, fmt.Errorf("opening %s: %w", spec, err)
+	}
+	if parallel < 1 {
+		parallel = 1
+	}
+	w := &ImageWriter{Spec: spec, img: img, ioctx: ioctx, jobs: make(chan writeJob), bufs: make(chan []byte, 2*parallel)}
+	for i := 0; i < 2*parallel; i++ {
+		w.bufs <- make([]byte, bufSize)
+	}
+	for i := 0; i < parallel; i++ {
+		w.wg.Add(1)
+		go w.worker()
+	}
+	return w, nil
+}
+
+func (w *ImageWriter) worker() {
+	defer w.wg.Done()
+	for j := range w.jobs {
+		if w.Err() == nil {
+			if _, err := w.img.WriteAt(j.data, int64(j.off)); err != nil {
+				w.fail(fmt.Errorf("writing %s at offset %d: %w", w.Spec, j.off, err))
+			}
+		}
+		w.bufs <- j.buf
+	}
+}
+
+func (w *ImageWriter) fail(err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err == nil {
+		w.err = err
+	}
+}
+
+// Err is the first write error, if any.
+func (w *ImageWriter) Err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// WriteAt queues a copy of data for writing at off; it blocks while all
+// buffers are in flight, which bounds memory. Not for concurrent callers.
+func (w *ImageWriter) WriteAt(data []byte, off uint64) error {
+	if err := w.Err(); err != nil {
+		return err
+	}
+	buf := <-w.bufs
+	if len(data) > len(buf) {
+		buf = make([]byte, len(data))
+	}
+	n := copy(buf, data)
+	w.jobs <- writeJob{off: off, data: buf[:n], buf: buf[:cap(buf)]}
+	return nil
+}
+
+// Zero makes [off, off+n) read as zeros (for overwriting an existing image).
+func (w *ImageWriter) Zero(off, n uint64) error {
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if _, err := w.img.WriteSame(off, n, make([]byte, 512), rados.OpFlagNone); err != nil {
+		return fmt.Errorf("zeroing %s at offset %d: %w", w.Spec, off, err)
+	}
+	return nil
+}
+
+// Flush waits for queued writes and flushes librbd's cache.
+func (w *ImageWriter) Flush() error {
+	// Taking back every buffer means every queued write has finished.
+	n := cap(w.bufs)
+	held := make([][]byte, 0, n)
+	for i := 0; i < n; i++ {
+		held = append(held, <-w.bufs)
+	}
+	for _, b := range held {
+		w.bufs <- b
+	}
+	if err := w.Err(); err != nil {
+		return err
+	}
+	if err := w.img.Flush(); err != nil {
+		return fmt.Errorf("flushing %s: %w", w.Spec, err)
+	}
+	return nil
+}
+
+// Snapshot creates a user snapshot (after Flush).
+func (w *ImageWriter) Snapshot(name string) error {
+	if _, err := w.img.CreateSnapshot(name); err != nil {
+		return fmt.Errorf("creating snapshot %s@%s: %w", w.Spec, name, err)
+	}
+	return nil
+}
+
+// Close stops the writers and closes the image; it returns the first write
+// error.
+func (w *ImageWriter) Close() error {
+	if w.jobs != nil {
+		close(w.jobs)
+		w.wg.Wait()
+		w.jobs = nil
+	}
+	w.img.Close()
+	w.ioctx.Destroy()
+	return w.Err()
+}
+
+// RemoveImage deletes an image (a failed restore's leftovers).
+func (c *Cluster) RemoveImage(pool, namespace, name string) error {
+	ioctx, err := c.IOContext(pool, namespace)
+	if err != nil {
+		return err
+	}
+	defer ioctx.Destroy()
+	if err := librbd.RemoveImage(ioctx, name); err != nil && !errors.Is(err, librbd.ErrNotFound) {
+		return fmt.Errorf("removing %s: %w", Ref{Pool: pool, Namespace: namespace, Image: name}.Spec(), err)
+	}
+	return nil
+}
+
+// ImageExists tells whether pool/ns/name exists.
+func (c *Cluster) ImageExists(pool, namespace, name string) (bool, error) {
+	ioctx, err := c.IOContext(pool, namespace)
+	if err != nil {
+		return false, err
+	}
+	defer ioctx.Destroy()
+	names, err := librbd.GetImageNames(ioctx)
+	if err != nil {
+		return false, err
+	}
+	for _, n := range names {
+		if n == name {
+			return true, nil
+		}
+	}
+	return false, nil
+}

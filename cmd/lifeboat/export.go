@@ -82,20 +82,7 @@ func csiSource(ctx context.Context, b *bridge.Bridge, target string) (backup.Sou
 	if err != nil {
 		return backup.Source{}, err
 	}
-	src := backup.Source{Cluster: cl, Ref: ref, Labels: map[string]string{backup.KeyHandle: h}}
-	if s.Content != nil {
-		src.Labels[backup.KeyContent] = s.Content.Name
-		src.Labels[backup.KeyVolumeSnapshot] = s.VolumeSnapshotName()
-		src.Labels[backup.KeyPVC] = s.PVC()
-		src.Labels[backup.KeyVeleroBackup] = s.VeleroBackup()
-	}
-	// Successive snapshots of one PVC share the source volume (csi.source).
-	vol := ref.Source
-	if vol == "" {
-		vol = ref.Image
-	}
-	src.Lineage = rbd.Ref{Pool: ref.Pool, Namespace: ref.Namespace, Image: vol}.Spec()
-	return src, nil
+	return backup.CSISource(s, h, ref, cl), nil
 }
 
 // imageSource is a plain RBD snapshot named on the command line.

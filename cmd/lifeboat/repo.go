@@ -26,13 +26,29 @@ type fileConfig struct {
 		PathStyle    bool   `json:"pathStyle"`
 		CreateBucket bool   `json:"createBucket"`
 	} `json:"s3"`
-	EncryptionKeyFile string `json:"encryptionKeyFile"`
-	Parallel          int    `json:"parallel"`
+	EncryptionKeyFile string      `json:"encryptionKeyFile"`
+	Parallel          int         `json:"parallel"`
+	Agent             agentConfig `json:"agent"`
+}
+
+// agentConfig is the agent: section, read by `lifeboat run`.
+type agentConfig struct {
+	Workers           *int     `json:"workers"`
+	Export            *bool    `json:"export"`
+	Selector          *string  `json:"selector"`
+	IncludeNamespaces []string `json:"includeNamespaces"`
+	ExcludeNamespaces []string `json:"excludeNamespaces"`
+	VerifyInterval    string   `json:"verifyInterval"`
+	LeaseName         string   `json:"leaseName"`
+	MetricsAddress    string   `json:"metricsAddress"`
+	CSIConfigMap      string   `json:"csiConfigMap"`
+	CephSecret        string   `json:"cephSecret"`
 }
 
 // repoFlags are the flags of every command that uses the repository.
 type repoFlags struct {
 	config   string
+	file     fileConfig // what --config said
 	s3       objectstore.S3Config
 	keyFile  string
 	parallel int
@@ -64,6 +80,7 @@ func (r *repoFlags) resolve(cmd *cobra.Command) error {
 		if err := yaml.UnmarshalStrict(raw, &fc); err != nil {
 			return fmt.Errorf("--config %s: %w", r.config, err)
 		}
+		r.file = fc
 		set := func(flag string, dst *string, v string) {
 			if !cmd.Flags().Changed(flag) && v != "" {
 				*dst = v
@@ -115,8 +132,10 @@ func (r *repoFlags) key() ([]byte, error) {
 }
 
 func (r *repoFlags) backend(ctx context.Context, cmd *cobra.Command) (*objectstore.S3, error) {
-	if err := r.resolve(cmd); err != nil {
-		return nil, err
+	if cmd != nil {
+		if err := r.resolve(cmd); err != nil {
+			return nil, err
+		}
 	}
 	return objectstore.NewS3(ctx, r.s3)
 }

@@ -62,7 +62,7 @@ bad credentials, bad flags).`,
 	f.StringVar(&g.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 
 	root.AddCommand(newResolveCmd(g), newVerifyCmd(g), newExportCmd(g), newRestoreCmd(g), newCatCmd(g),
-		newBackupsCmd(g), newRepoCmd(), newVersionCmd())
+		newBackupsCmd(g), newRepoCmd(), newRunCmd(g), newVersionCmd())
 	return root
 }
 

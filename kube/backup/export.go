@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lifeboat-backup/lifeboat/kube"
 	"github.com/lifeboat-backup/lifeboat/objectstore"
 	"github.com/lifeboat-backup/lifeboat/rbd"
 )
@@ -46,6 +47,25 @@ type Source struct {
 	Lineage string
 	// Labels are extra identity, e.g. the Kubernetes objects.
 	Labels map[string]string
+}
+
+// CSISource is the export source of a CSI snapshot: its image, its
+// Kubernetes identity, and the lineage of its PVC (the source volume image
+// in ceph-csi's journal), which successive snapshots share.
+func CSISource(s kube.Snapshot, h string, ref rbd.Ref, cl *rbd.Cluster) Source {
+	src := Source{Cluster: cl, Ref: ref, Labels: map[string]string{KeyHandle: h}}
+	if s.Content != nil {
+		src.Labels[KeyContent] = s.Content.Name
+		src.Labels[KeyVolumeSnapshot] = s.VolumeSnapshotName()
+		src.Labels[KeyPVC] = s.PVC()
+		src.Labels[KeyVeleroBackup] = s.VeleroBackup()
+	}
+	vol := ref.Source
+	if vol == "" {
+		vol = ref.Image
+	}
+	src.Lineage = rbd.Ref{Pool: ref.Pool, Namespace: ref.Namespace, Image: vol}.Spec()
+	return src
 }
 
 // Options tune an export.

@@ -237,3 +237,9 @@ func (b *Bridge) orphans(ctx context.Context, checked map[string]checked) ([]Orp
 	})
 	return out, nil
 }
+
+// Check verifies one snapshot, as Verify does for each.
+func (b *Bridge) Check(ctx context.Context, s kube.Snapshot) (SnapshotReport, error) {
+	c, err := b.check(ctx, s)
+	return c.report, err
+}

@@ -1,0 +1,360 @@
+// Package controller is `lifeboat run`: it watches VolumeSnapshotContents
+// of ceph-csi's RBD driver, verifies each ready snapshot and exports it to
+// the repository, recording the outcome on the object. Only the replica
+// holding the leader Lease works.
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	snapscheme "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned/scheme"
+	snapinformers "github.com/kubernetes-csi/external-snapshotter/client/v8/informers/externalversions"
+	snaplisters "github.com/kubernetes-csi/external-snapshotter/client/v8/listers/volumesnapshot/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/lifeboat-backup/lifeboat/kube"
+	"github.com/lifeboat-backup/lifeboat/kube/backup"
+	"github.com/lifeboat-backup/lifeboat/kube/bridge"
+	"github.com/lifeboat-backup/lifeboat/objectstore"
+	"github.com/lifeboat-backup/lifeboat/rbd"
+)
+
+// Annotations lifeboat writes on VolumeSnapshotContents.
+const (
+	AnnPhase      = "lifeboat.io/phase"
+	AnnBackupID   = "lifeboat.io/backup-id"
+	AnnVerified   = "lifeboat.io/verified"
+	AnnExportedAt = "lifeboat.io/exported-at"
+	AnnError      = "lifeboat.io/error"
+
+	PhasePending   = "Pending"
+	PhaseExporting = "Exporting"
+	PhaseExported  = "Exported"
+	PhaseFailed    = "Failed"
+)
+
+// Config is what the controller does.
+type Config struct {
+	Workers           int
+	Export            bool
+	Selector          labels.Selector
+	IncludeNamespaces []string
+	ExcludeNamespaces []string
+	VerifyInterval    time.Duration
+	Parallel          int
+	DriverSuffix      string
+}
+
+// Controller reconciles VolumeSnapshotContents.
+type Controller struct {
+	cfg      Config
+	kube     *kube.Clients
+	bridge   *bridge.Bridge
+	repo     *objectstore.Repository
+	metrics  *Metrics
+	recorder record.EventRecorder
+
+	contents  snaplisters.VolumeSnapshotContentLister
+	snapshots snaplisters.VolumeSnapshotLister
+	synced    []cache.InformerSynced
+	factory   snapinformers.SharedInformerFactory
+	queue     workqueue.TypedRateLimitingInterface[string]
+
+	mu       sync.Mutex
+	exported map[string]string // snapshot handle → backup id, from the repository
+}
+
+// New builds a controller; Run starts it.
+func New(cfg Config, k *kube.Clients, b *bridge.Bridge, repo *objectstore.Repository, m *Metrics) *Controller {
+	if cfg.Workers < 1 {
+		cfg.Workers = 1
+	}
+	c := &Controller{cfg: cfg, kube: k, bridge: b, repo: repo, metrics: m, exported: map[string]string{}}
+	c.factory = snapinformers.NewSharedInformerFactory(k.Snap, 10*time.Minute)
+	vsc := c.factory.Snapshot().V1().VolumeSnapshotContents()
+	vs := c.factory.Snapshot().V1().VolumeSnapshots()
+	c.contents, c.snapshots = vsc.Lister(), vs.Lister()
+	c.synced = []cache.InformerSynced{vsc.Informer().HasSynced, vs.Informer().HasSynced}
+	c.queue = workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[string](5*time.Second, 10*time.Minute),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "volumesnapshotcontents"})
+	_, _ = vsc.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    c.enqueue,
+		UpdateFunc: func(_, o any) { c.enqueue(o) },
+	})
+	c.recorder = newRecorder(k)
+	return c
+}
+
+func newRecorder(k *kube.Clients) record.EventRecorder {
+	s := runtime.NewScheme()
+	_ = scheme.AddToScheme(s)
+	_ = snapscheme.AddToScheme(s)
+	b := record.NewBroadcaster()
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: k.Kube.CoreV1().Events("")})
+	return b.NewRecorder(s, corev1.EventSource{Component: "lifeboat"})
+}
+
+func (c *Controller) enqueue(obj any) {
+	if vsc, ok := obj.(*snapv1.VolumeSnapshotContent); ok {
+		c.queue.Add(vsc.Name)
+	}
+}
+
+// Run works until ctx ends: it must be called only while leading. An
+// export in flight when ctx ends is abandoned without a manifest.
+func (c *Controller) Run(ctx context.Context) error {
+	defer c.queue.ShutDown()
+	c.factory.Start(ctx.Done())
+	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
+		return fmt.Errorf("waiting for the VolumeSnapshot informers to sync: %w", ctx.Err())
+	}
+	if err := c.loadExported(ctx); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < c.cfg.Workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c.next(ctx) {
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); c.verifyLoop(ctx) }()
+	<-ctx.Done()
+	c.queue.ShutDown()
+	wg.Wait()
+	return nil
+}
+
+// loadExported learns from the repository which snapshots are backed up
+// already, so neither a restart nor a new leader exports one twice.
+func (c *Controller) loadExported(ctx context.Context) error {
+	all, err := c.repo.Backups(ctx)
+	c.objectstoreUp(err)
+	if err != nil {
+		return fmt.Errorf("listing the repository's backups: %w", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range all {
+		if h := s.Source[backup.KeyHandle]; h != "" {
+			c.exported[h] = s.ID
+		}
+	}
+	slog.Info("repository loaded", "backups", len(all), "exportedSnapshots", len(c.exported))
+	return nil
+}
+
+func (c *Controller) next(ctx context.Context) bool {
+	name, quit := c.queue.Get()
+	if quit {
+		return false
+	}
+	defer c.queue.Done(name)
+	if err := c.reconcile(ctx, name); err != nil {
+		if ctx.Err() != nil {
+			return false
+		}
+		slog.Warn("reconcile failed, retrying with backoff", "volumeSnapshotContent", name, "err", err)
+		c.queue.AddRateLimited(name)
+		return true
+	}
+	c.queue.Forget(name)
+	return true
+}
+
+// wanted tells whether a content is in scope: an RBD driver, matching the
+// label selector and the namespace lists.
+func (c *Controller) wanted(vsc *snapv1.VolumeSnapshotContent) bool {
+	if !kube.IsRBDDriver(vsc.Spec.Driver, c.cfg.DriverSuffix) || !c.cfg.Selector.Matches(labels.Set(vsc.Labels)) {
+		return false
+	}
+	ns := vsc.Spec.VolumeSnapshotRef.Namespace
+	if len(c.cfg.IncludeNamespaces) > 0 && !slices.Contains(c.cfg.IncludeNamespaces, ns) {
+		return false
+	}
+	return !slices.Contains(c.cfg.ExcludeNamespaces, ns)
+}
+
+func (c *Controller) reconcile(ctx context.Context, name string) error {
+	vsc, err := c.contents.Get(name)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !c.wanted(vsc) {
+		return nil
+	}
+	s := kube.Snapshot{Content: vsc}
+	if ref := vsc.Spec.VolumeSnapshotRef; ref.Name != "" {
+		s.Snapshot, _ = c.snapshots.VolumeSnapshots(ref.Namespace).Get(ref.Name)
+	}
+	if !s.Ready() {
+		return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhasePending)})
+	}
+	if id := c.exportedID(s.Handle()); id != "" {
+		if vsc.Annotations[AnnPhase] != PhaseExported || vsc.Annotations[AnnBackupID] != id {
+			return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseExported), AnnBackupID: &id, AnnError: nil})
+		}
+		return nil
+	}
+	rep, err := c.bridge.Check(ctx, s)
+	if err != nil {
+		return c.fail(ctx, s, fmt.Errorf("verifying: %w", err))
+	}
+	verified := verdict(rep)
+	if !c.cfg.Export {
+		return c.annotate(ctx, s, map[string]*string{AnnVerified: &verified})
+	}
+	if rep.Status != bridge.StatusOK {
+		// A broken snapshot cannot be exported; the periodic resync retries.
+		c.event(s, corev1.EventTypeWarning, "VerifyFailed", "snapshot image has problems: %s", verified)
+		return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseFailed), AnnVerified: &verified,
+			AnnError: ptr("verify: " + verified)})
+	}
+	if err := c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseExporting), AnnVerified: &verified}); err != nil {
+		return err
+	}
+	return c.export(ctx, s)
+}
+
+func (c *Controller) export(ctx context.Context, s kube.Snapshot) error {
+	h := s.Handle()
+	ref, cl, err := c.bridge.Locate(ctx, h)
+	c.cephUp(ref.ClusterID, err)
+	if err != nil {
+		return c.fail(ctx, s, err)
+	}
+	c.event(s, corev1.EventTypeNormal, "Exporting", "exporting %s to the repository", ref.Spec())
+	res, err := backup.Export(ctx, c.repo, backup.CSISource(s, h, ref, cl), backup.Options{Parallel: c.cfg.Parallel})
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err() // shutting down: the next leader takes over
+		}
+		c.metrics.Exports.WithLabelValues("failure").Inc()
+		c.objectstoreUp(err)
+		return c.fail(ctx, s, err)
+	}
+	m := res.Manifest
+	c.mu.Lock()
+	c.exported[h] = m.ID
+	c.mu.Unlock()
+	c.objectstoreUp(nil)
+	c.metrics.Exports.WithLabelValues("success").Inc()
+	c.metrics.ExportDuration.Observe(res.Seconds)
+	c.metrics.ExportBytes.WithLabelValues("read").Add(float64(m.Stats.BytesRead))
+	c.metrics.ExportBytes.WithLabelValues("new").Add(float64(m.Stats.BytesNew))
+	c.metrics.ExportBytes.WithLabelValues("stored").Add(float64(m.Stats.BytesStored))
+	if pvc := s.PVC(); pvc != "" {
+		ns, name, _ := cutSlash(pvc)
+		c.metrics.LastExport.WithLabelValues(ns, name).Set(float64(time.Now().Unix()))
+	}
+	c.event(s, corev1.EventTypeNormal, "Exported", "exported as backup %s: %d bytes read, %d new, %d stored in %.1fs",
+		m.ID, m.Stats.BytesRead, m.Stats.BytesNew, m.Stats.BytesStored, res.Seconds)
+	now := time.Now().UTC().Format(time.RFC3339)
+	return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseExported), AnnBackupID: &m.ID, AnnExportedAt: &now, AnnError: nil})
+}
+
+// fail records an error on the object and returns it for a retry.
+func (c *Controller) fail(ctx context.Context, s kube.Snapshot, err error) error {
+	c.event(s, corev1.EventTypeWarning, "ExportFailed", "%v", err)
+	msg := err.Error()
+	if aerr := c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseFailed), AnnError: &msg}); aerr != nil {
+		slog.Warn("recording the failure", "volumeSnapshotContent", s.Content.Name, "err", aerr)
+	}
+	return err
+}
+
+// annotate merge-patches annotations (nil deletes one). It never updates
+// the whole object, so fields this client does not know survive.
+func (c *Controller) annotate(ctx context.Context, s kube.Snapshot, ann map[string]*string) error {
+	changed := false
+	for k, v := range ann {
+		cur, ok := s.Content.Annotations[k]
+		if (v == nil && ok) || (v != nil && (!ok || cur != *v)) {
+			changed = true
+		}
+	}
+	if !changed {
+		return nil
+	}
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
+	_, err := c.kube.Snap.SnapshotV1().VolumeSnapshotContents().Patch(ctx, s.Content.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if err != nil {
+		return fmt.Errorf("annotating VolumeSnapshotContent %s: %w", s.Content.Name, err)
+	}
+	return nil
+}
+
+// event records on the VolumeSnapshotContent and its VolumeSnapshot.
+func (c *Controller) event(s kube.Snapshot, typ, reason, format string, args ...any) {
+	c.recorder.Eventf(s.Content, typ, reason, format, args...)
+	if s.Snapshot != nil {
+		c.recorder.Eventf(s.Snapshot, typ, reason, format, args...)
+	}
+}
+
+func (c *Controller) exportedID(h string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.exported[h]
+}
+
+func (c *Controller) cephUp(cluster string, err error) {
+	if cluster == "" {
+		return
+	}
+	if errors.Is(err, rbd.ErrUnreachable) {
+		c.metrics.CephUp.WithLabelValues(cluster).Set(0)
+		c.bridge.Ceph.Forget(cluster) // reconnect on the next attempt
+		return
+	}
+	if err == nil {
+		c.metrics.CephUp.WithLabelValues(cluster).Set(1)
+	}
+}
+
+func (c *Controller) objectstoreUp(err error) {
+	switch {
+	case err == nil:
+		c.metrics.ObjectstoreUp.Set(1)
+	case errors.Is(err, objectstore.ErrUnreachable), errors.Is(err, objectstore.ErrCredentials), errors.Is(err, objectstore.ErrNoBucket):
+		c.metrics.ObjectstoreUp.Set(0)
+	}
+}
+
+func verdict(r bridge.SnapshotReport) string {
+	if len(r.Problems) == 0 {
+		return bridge.StatusOK
+	}
+	codes := make([]string, 0, len(r.Problems))
+	for _, p := range r.Problems {
+		codes = append(codes, string(p.Code))
+	}
+	return joinComma(codes)
+}
+
+func ptr(s string) *string { return &s }

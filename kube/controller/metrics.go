@@ -1,0 +1,123 @@
+package controller
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/lifeboat-backup/lifeboat/rbd"
+)
+
+// Metrics are lifeboat's Prometheus metrics, on their own registry.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	Snapshots      *prometheus.GaugeVec
+	OrphanImages   prometheus.Gauge
+	OrphanBytes    prometheus.Gauge
+	Exports        *prometheus.CounterVec
+	ExportBytes    *prometheus.CounterVec
+	ExportDuration prometheus.Histogram
+	LastExport     *prometheus.GaugeVec
+	VerifyProblems *prometheus.GaugeVec
+	CephUp         *prometheus.GaugeVec
+	ObjectstoreUp  prometheus.Gauge
+	Leader         prometheus.Gauge
+}
+
+// NewMetrics registers every metric, the Go and process collectors, and
+// client-go's workqueue metrics.
+func NewMetrics() *Metrics {
+	m := &Metrics{Registry: prometheus.NewRegistry()}
+	f := func(c prometheus.Collector) { m.Registry.MustRegister(c) }
+	m.Snapshots = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lifeboat_snapshots",
+		Help: "RBD CSI snapshots by verification status (OK or Problem) at the last verification."}, []string{"status"})
+	m.OrphanImages = prometheus.NewGauge(prometheus.GaugeOpts{Name: "lifeboat_orphan_images",
+		Help: "CSI snapshot images no VolumeSnapshotContent points to."})
+	m.OrphanBytes = prometheus.NewGauge(prometheus.GaugeOpts{Name: "lifeboat_orphan_bytes",
+		Help: "Provisioned size in bytes of the orphaned CSI snapshot images."})
+	m.Exports = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lifeboat_exports_total",
+		Help: "Snapshot exports attempted, by result (success or failure)."}, []string{"result"})
+	m.ExportBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lifeboat_export_bytes_total",
+		Help: "Bytes of exports: read from Ceph, new to the repository, and stored after compression."}, []string{"kind"})
+	m.ExportDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "lifeboat_export_duration_seconds",
+		Help: "Duration of successful exports.", Buckets: prometheus.ExponentialBuckets(1, 2, 14)})
+	m.LastExport = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lifeboat_last_export_timestamp_seconds",
+		Help: "Unix time of the last successful export of each PVC."}, []string{"namespace", "pvc"})
+	m.VerifyProblems = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lifeboat_verify_problems",
+		Help: "Problems found at the last verification, by code."}, []string{"code"})
+	m.CephUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lifeboat_ceph_up",
+		Help: "1 when the Ceph cluster answered the last operation, 0 when it did not."}, []string{"cluster"})
+	m.ObjectstoreUp = prometheus.NewGauge(prometheus.GaugeOpts{Name: "lifeboat_objectstore_up",
+		Help: "1 when the S3 repository answered the last operation, 0 when it did not."})
+	m.Leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "lifeboat_leader",
+		Help: "1 when this replica holds the leader lease and works, 0 on standby."})
+	for _, c := range []prometheus.Collector{m.Snapshots, m.OrphanImages, m.OrphanBytes, m.Exports, m.ExportBytes,
+		m.ExportDuration, m.LastExport, m.VerifyProblems, m.CephUp, m.ObjectstoreUp, m.Leader,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		f(c)
+	}
+	// Show every label value from the start: a zero is information.
+	for _, r := range []string{"success", "failure"} {
+		m.Exports.WithLabelValues(r)
+	}
+	for _, k := range []string{"read", "new", "stored"} {
+		m.ExportBytes.WithLabelValues(k)
+	}
+	for _, c := range rbd.Codes {
+		m.VerifyProblems.WithLabelValues(string(c))
+	}
+	for _, s := range []string{"OK", "Problem"} {
+		m.Snapshots.WithLabelValues(s)
+	}
+	workqueue.SetProvider(&queueMetrics{reg: m.Registry})
+	return m
+}
+
+// queueMetrics exposes client-go's workqueue metrics (workqueue_depth,
+// workqueue_adds_total, ...) with the names kube-controller-manager uses.
+type queueMetrics struct{ reg *prometheus.Registry }
+
+// register ignores a second registration: one queue, one set of metrics.
+func (q *queueMetrics) register(c prometheus.Collector) { _ = q.reg.Register(c) }
+
+func (q *queueMetrics) gauge(name, help, queue string) prometheus.Gauge {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Subsystem: "workqueue", Name: name, Help: help, ConstLabels: prometheus.Labels{"name": queue}})
+	q.register(g)
+	return g
+}
+
+func (q *queueMetrics) counter(name, help, queue string) prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Subsystem: "workqueue", Name: name, Help: help, ConstLabels: prometheus.Labels{"name": queue}})
+	q.register(c)
+	return c
+}
+
+func (q *queueMetrics) histogram(name, help, queue string) prometheus.Histogram {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Subsystem: "workqueue", Name: name, Help: help,
+		ConstLabels: prometheus.Labels{"name": queue}, Buckets: prometheus.ExponentialBuckets(1e-6, 10, 10)})
+	q.register(h)
+	return h
+}
+
+func (q *queueMetrics) NewDepthMetric(n string) workqueue.GaugeMetric {
+	return q.gauge("depth", "Current depth of the workqueue.", n)
+}
+func (q *queueMetrics) NewAddsMetric(n string) workqueue.CounterMetric {
+	return q.counter("adds_total", "Total adds handled by the workqueue.", n)
+}
+func (q *queueMetrics) NewLatencyMetric(n string) workqueue.HistogramMetric {
+	return q.histogram("queue_duration_seconds", "How long in seconds an item stays in the workqueue before being requested.", n)
+}
+func (q *queueMetrics) NewWorkDurationMetric(n string) workqueue.HistogramMetric {
+	return q.histogram("work_duration_seconds", "How long in seconds processing an item from the workqueue takes.", n)
+}
+func (q *queueMetrics) NewUnfinishedWorkSecondsMetric(n string) workqueue.SettableGaugeMetric {
+	return q.gauge("unfinished_work_seconds", "Seconds of work in progress not yet observed by work_duration.", n)
+}
+func (q *queueMetrics) NewLongestRunningProcessorSecondsMetric(n string) workqueue.SettableGaugeMetric {
+	return q.gauge("longest_running_processor_seconds", "Seconds the longest running processor has been running.", n)
+}
+func (q *queueMetrics) NewRetriesMetric(n string) workqueue.CounterMetric {
+	return q.counter("retries_total", "Total retries handled by the workqueue.", n)
+}

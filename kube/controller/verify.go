@@ -1,0 +1,72 @@
+package controller
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/lifeboat-backup/lifeboat/kube/bridge"
+	"github.com/lifeboat-backup/lifeboat/rbd"
+)
+
+// verifyLoop verifies every snapshot and looks for orphans at start and
+// then every VerifyInterval, publishing the results as metrics.
+func (c *Controller) verifyLoop(ctx context.Context) {
+	if c.cfg.VerifyInterval <= 0 {
+		return
+	}
+	t := time.NewTicker(c.cfg.VerifyInterval)
+	defer t.Stop()
+	for {
+		c.verifyAll(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Controller) verifyAll(ctx context.Context) {
+	rep, err := c.bridge.Verify(ctx, nil)
+	if err != nil {
+		slog.Warn("periodic verification could not check", "err", err)
+		return
+	}
+	status := map[string]float64{bridge.StatusOK: 0, bridge.StatusProblem: 0}
+	problems := map[rbd.Code]float64{}
+	for _, code := range rbd.Codes {
+		problems[code] = 0
+	}
+	clusters := map[string]bool{}
+	for _, s := range rep.Snapshots {
+		status[s.Status]++
+		for _, p := range s.Problems {
+			problems[p.Code]++
+		}
+		if s.Image.ClusterID != "" {
+			clusters[s.Image.ClusterID] = true
+		}
+	}
+	for s, n := range status {
+		c.metrics.Snapshots.WithLabelValues(s).Set(n)
+	}
+	for code, n := range problems {
+		c.metrics.VerifyProblems.WithLabelValues(string(code)).Set(n)
+	}
+	var bytes uint64
+	for _, o := range rep.Orphans {
+		bytes += o.Size
+	}
+	c.metrics.OrphanImages.Set(float64(len(rep.Orphans)))
+	c.metrics.OrphanBytes.Set(float64(bytes))
+	for cl := range clusters {
+		c.metrics.CephUp.WithLabelValues(cl).Set(1)
+	}
+	slog.Info("verified", "snapshots", len(rep.Snapshots), "problems", status[bridge.StatusProblem], "orphans", len(rep.Orphans))
+}
+
+func joinComma(s []string) string { return strings.Join(s, ",") }
+
+func cutSlash(s string) (string, string, bool) { return strings.Cut(s, "/") }

@@ -129,7 +129,7 @@ func Open(ctx context.Context, be Backend, key []byte) (*Repository, error) {
 	r := &Repository{be: be}
 	data, err := r.get(ctx, configName)
 	if errors.Is(err, ErrNotFound) {
-		return nil, fmt.Errorf("%w at %s: initialise one first", ErrNoRepository, be)
+		return nil, fmt.Errorf("%w at %s: create one first (lifeboat repo init)", ErrNoRepository, be)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reading repository config from %s: %w", be, err)

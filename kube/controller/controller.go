@@ -213,13 +213,21 @@ func (c *Controller) reconcile(ctx context.Context, name string) error {
 		s.Snapshot, _ = c.snapshots.VolumeSnapshots(ref.Namespace).Get(ref.Name)
 	}
 	if !s.Ready() {
-		return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhasePending)})
+		// Not ours to touch yet: csi-snapshotter is still writing it. Its
+		// status update brings it back here.
+		return nil
 	}
 	if id := c.exportedID(s.Handle()); id != "" {
 		if vsc.Annotations[AnnPhase] != PhaseExported || vsc.Annotations[AnnBackupID] != id {
 			return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseExported), AnnBackupID: &id, AnnError: nil})
 		}
 		return nil
+	}
+	if c.cfg.Export && vsc.Annotations[AnnPhase] == "" {
+		// First sight: say it is in lifeboat's hands.
+		if err := c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhasePending)}); err != nil {
+			return err
+		}
 	}
 	rep, err := c.bridge.Check(ctx, s)
 	if err != nil {
@@ -235,7 +243,7 @@ func (c *Controller) reconcile(ctx context.Context, name string) error {
 		return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseFailed), AnnVerified: &verified,
 			AnnError: ptr("verify: " + verified)})
 	}
-	if err := c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseExporting), AnnVerified: &verified}); err != nil {
+	if err := c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseExporting), AnnVerified: &verified, AnnError: nil}); err != nil {
 		return err
 	}
 	return c.export(ctx, s)

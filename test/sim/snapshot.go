@@ -1,9 +1,13 @@
 package sim
 
 import (
+	"encoding/json"
+
 	"context"
 	"errors"
 	"fmt"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"time"
 
 	"github.com/ceph/go-ceph/rbd"
@@ -58,7 +62,7 @@ const snapshotFeatures = rbd.FeatureLayering | rbd.FeatureDeepFlatten
 //   - VSC status (snapshotHandle, readyToUse, restoreSize, creationTime in
 //     unix ns), VS status (boundVolumeSnapshotContentName, readyToUse,
 //     restoreSize, creationTime) and Velero's VS annotations.
-func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (snap *Snapshot, err error) {
+func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *Snapshot, err error) {
 	if err := timeout(ctx); err != nil {
 		return nil, err
 	}
@@ -93,7 +97,7 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (sna
 	}
 	undo = append(undo, func() { _ = vss.Delete(bg, vs.Name, metav1.DeleteOptions{}) })
 
-	snap = &Snapshot{
+	snap := &Snapshot{
 		RequestName: "snapshot-" + string(vs.UID),
 		ContentName: "snapcontent-" + string(vs.UID),
 		VSNamespace: v.Namespace,
@@ -178,10 +182,21 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (sna
 	created := snap.CreatedAt.UnixNano()
 	size := int64(snap.Size)
 	snapHandle := snap.Handle
-	vsc.Status = &snapv1.VolumeSnapshotContentStatus{
+	status := &snapv1.VolumeSnapshotContentStatus{
 		SnapshotHandle: &snapHandle, CreationTime: &created, RestoreSize: &size, ReadyToUse: &ready,
 	}
-	if _, err = vscs.UpdateStatus(ctx, vsc, metav1.UpdateOptions{}); err != nil {
+	// Others (lifeboat's agent) may annotate the object meanwhile: retry on
+	// conflict with a fresh copy, as csi-snapshotter does.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := vscs.Get(ctx, vsc.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Status = status
+		_, err = vscs.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("volumesnapshotcontent %s status: %w", vsc.Name, err)
 	}
 	// snapshot-controller's status update.
@@ -194,18 +209,21 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (sna
 		RestoreSize:                    qty,
 	}
 	if vs, err = vss.UpdateStatus(ctx, vs, metav1.UpdateOptions{}); err != nil {
-		return nil, fmt.Errorf("volumesnapshot %s/%s status: %w", vs.Namespace, snap.VSName, err)
+		return nil, fmt.Errorf("volumesnapshot %s/%s status: %w", v.Namespace, snap.VSName, err)
 	}
-	// Velero's annotations once the snapshot is ready.
-	if vs.Annotations == nil {
-		vs.Annotations = map[string]string{}
+	// Velero's annotations once the snapshot is ready, merge-patched: an
+	// Update could conflict with anyone else touching the object.
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
+		VeleroSnapshotHandleAnnotation: snap.Handle,
+		VeleroDriverNameAnnotation:     s.opts.Driver,
+		VeleroRestoreSizeAnnotation:    qty.String(),
+		VeleroVSCDeletionPolicyAnnot:   string(snapv1.VolumeSnapshotContentRetain),
+	}}})
+	if err != nil {
+		return nil, err
 	}
-	vs.Annotations[VeleroSnapshotHandleAnnotation] = snap.Handle
-	vs.Annotations[VeleroDriverNameAnnotation] = s.opts.Driver
-	vs.Annotations[VeleroRestoreSizeAnnotation] = qty.String()
-	vs.Annotations[VeleroVSCDeletionPolicyAnnot] = string(snapv1.VolumeSnapshotContentRetain)
-	if _, err = vss.Update(ctx, vs, metav1.UpdateOptions{}); err != nil {
-		return nil, fmt.Errorf("volumesnapshot %s/%s annotations: %w", vs.Namespace, snap.VSName, err)
+	if _, err = vss.Patch(ctx, vs.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return nil, fmt.Errorf("volumesnapshot %s/%s annotations: %w", v.Namespace, snap.VSName, err)
 	}
 	return snap, nil
 }

@@ -15,11 +15,11 @@ import (
 )
 
 // Lease timings: a standby takes over within about LeaseDuration +
-// RetryPeriod (~14 s) of the leader's death, at once after a clean exit
+// RetryPeriod (~12 s) of the leader's death, at once after a clean exit
 // (the lease is released).
 const (
-	leaseDuration = 12 * time.Second
-	renewDeadline = 8 * time.Second
+	leaseDuration = 10 * time.Second
+	renewDeadline = 7 * time.Second
 	retryPeriod   = 2 * time.Second
 )
 

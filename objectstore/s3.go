@@ -33,6 +33,7 @@ type S3Config struct {
 	PathStyle    bool
 	AccessKey    string
 	SecretKey    string
+	SessionToken string        // temporary credentials (STS), optional
 	CreateBucket bool          // create the bucket if it is missing
 	Timeout      time.Duration // bound on the connection check; default 10s
 }
@@ -44,6 +45,9 @@ func (c S3Config) String() string {
 	p := plain(c)
 	if p.SecretKey != "" {
 		p.SecretKey = "REDACTED"
+	}
+	if p.SessionToken != "" {
+		p.SessionToken = "REDACTED"
 	}
 	return fmt.Sprintf("%+v", p)
 }
@@ -78,7 +82,7 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		lookup = minio.BucketLookupPath
 	}
 	client, err := minio.New(u.Host, &minio.Options{
-		Creds:        credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
+		Creds:        credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, cfg.SessionToken),
 		Secure:       u.Scheme == "https",
 		Transport:    tr,
 		Region:       cfg.Region,
@@ -147,11 +151,18 @@ func (s *S3) ensureBucket(ctx context.Context, create bool, region string) error
 		return nil
 	}
 	if !create {
-		return fmt.Errorf("%w: %q at %s: create it, or allow lifeboat to create it", ErrNoBucket, s.bucket, s.endpoint)
+		return fmt.Errorf("%w: %q at %s: create it, or let lifeboat create it (--s3-create-bucket, s3.createBucket)",
+			ErrNoBucket, s.bucket, s.endpoint)
 	}
 	err = s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: region})
-	if code := minio.ToErrorResponse(err).Code; code == "BucketAlreadyOwnedByYou" {
-		err = nil // created concurrently: fine
+	switch resp := minio.ToErrorResponse(err); {
+	case resp.Code == "BucketAlreadyOwnedByYou":
+		return nil // created concurrently: fine
+	case resp.Code == "AccessDenied":
+		// The credentials work (BucketExists answered); creating is what
+		// this user may not do.
+		return fmt.Errorf("%w: %q at %s, and this user may not create it (AccessDenied): create the bucket yourself or grant s3:CreateBucket",
+			ErrNoBucket, s.bucket, s.endpoint)
 	}
 	return s.wrap("creating bucket", "", err)
 }

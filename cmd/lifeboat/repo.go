@@ -106,6 +106,7 @@ func (r *repoFlags) resolve(cmd *cobra.Command) error {
 		return fmt.Errorf("no backup repository: set --s3-endpoint and --s3-bucket (or s3.endpoint and s3.bucket in --config)")
 	}
 	r.s3.AccessKey, r.s3.SecretKey = os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY")
+	r.s3.SessionToken = os.Getenv("AWS_SESSION_TOKEN")
 	if r.s3.AccessKey == "" || r.s3.SecretKey == "" {
 		return fmt.Errorf("no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 	}

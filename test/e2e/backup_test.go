@@ -443,9 +443,12 @@ func TestBackupBadInput(t *testing.T) {
 		}
 		missing := newBucket(t)
 		r := runEnv(t, creds, append([]string{"repo", "init", "--s3-create-bucket"}, missing.flags()...)...)
-		expect2(t, r, "creating bucket")
-		expect2(t, r, "AccessDenied")
+		expect2(t, r, "may not create it (AccessDenied)")
+		expect2(t, r, "s3:CreateBucket")
 		expect2(t, r, missing.name)
+		if strings.Contains(r.stderr, "check AWS_ACCESS_KEY_ID") {
+			t.Errorf("valid credentials blamed for a missing permission: %s", r.stderr)
+		}
 		if missing.exists() {
 			t.Errorf("bucket %s exists", missing.name)
 		}

@@ -244,7 +244,7 @@ func listBackups(t *testing.T, b *bucket) []summary {
 
 // runEnv is runLifeboat with extra KEY=value environment entries (later
 // entries win).
-func runEnv(t *testing.T, extra []string, args ...string) result {
+func runEnv(t testing.TB, extra []string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -260,7 +260,7 @@ func runEnv(t *testing.T, extra []string, args ...string) result {
 	} else if err != nil {
 		t.Fatalf("running lifeboat %v: %v", args, err)
 	}
-	t.Logf("%s lifeboat %s → exit %d in %s\n%s%s", strings.Join(extra, " "), strings.Join(args, " "), r.code,
+	t.Logf("%slifeboat %s → exit %d in %s\n%s%s", prefix(extra), strings.Join(args, " "), r.code,
 		r.took.Round(time.Millisecond), r.stdout, r.stderr)
 	return r
 }
@@ -570,4 +570,18 @@ func madminEncrypt(password string, data []byte) []byte {
 	binary.LittleEndian.PutUint32(nonce[8:], 1)
 	out := append(append(append([]byte{}, salt...), 0x02), nonce[:8]...)
 	return aead.Seal(out, nonce, data, ad)
+}
+
+// prefix shows extra environment entries before a logged command line,
+// names only: values may be secrets.
+func prefix(extra []string) string {
+	var names []string
+	for _, e := range extra {
+		k, _, _ := strings.Cut(e, "=")
+		names = append(names, k+"=…")
+	}
+	if len(names) == 0 {
+		return ""
+	}
+	return strings.Join(names, " ") + " "
 }

@@ -2,8 +2,11 @@ package rbd
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"math/bits"
 	"sync"
 
@@ -215,4 +218,36 @@ func orderedChunks(ctx context.Context, bm Bitmap, size uint64, parallel int, re
 	}
 	wg.Wait()
 	return err
+}
+
+// SHA256 hashes all Size bytes of the snapshot (holes as zeros), reading
+// only allocated chunks, in parallel; it equals `rbd export ... - | sha256sum`.
+func (r *SnapshotReader) SHA256(ctx context.Context, chunk uint64, parallel int) (string, error) {
+	bm, err := r.Allocated(chunk)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	var next uint64
+	err = r.ReadChunks(ctx, bm, parallel, func(c Chunk) error {
+		hashZeros(h, c.Off-next)
+		h.Write(c.Data)
+		next = c.Off + uint64(len(c.Data))
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	hashZeros(h, r.Size-next)
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+var zeros = make([]byte, 1<<20)
+
+func hashZeros(h hash.Hash, n uint64) {
+	for n > 0 {
+		k := min(n, uint64(len(zeros)))
+		h.Write(zeros[:k])
+		n -= k
+	}
 }

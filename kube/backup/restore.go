@@ -37,6 +37,10 @@ type RestoreOptions struct {
 	Snapshot string
 	// Features overrides the manifest's features ("" keeps them).
 	Features string
+	// ReadBack reads the restored image back from Ceph and checks its
+	// SHA-256 against the backup's: proof of what landed, not only of what
+	// was sent.
+	ReadBack bool
 }
 
 // Restore writes backup m into a new image (sparse: holes are not written)
@@ -80,9 +84,32 @@ func Restore(ctx context.Context, repo *objectstore.Repository, m *objectstore.M
 	if err := w.Flush(); err != nil {
 		return err
 	}
+	if opts.ReadBack {
+		if err := readBack(ctx, t, m, opts.Parallel); err != nil {
+			return err
+		}
+	}
 	if opts.Snapshot != "" {
 		return w.Snapshot(opts.Snapshot)
 	}
+	return nil
+}
+
+func readBack(ctx context.Context, t Target, m *objectstore.Manifest, parallel int) error {
+	r, err := t.Cluster.OpenSnapshot(t.Pool, t.Namespace, t.Image, "")
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	got, err := r.SHA256(ctx, uint64(m.ChunkSize), parallel)
+	if err != nil {
+		return fmt.Errorf("reading back %s: %w", t.spec(), err)
+	}
+	if got != m.SHA256 {
+		return fmt.Errorf("%s reads back with SHA-256 %s, but backup %s is %s: the image in Ceph is not what was restored",
+			t.spec(), got, m.ID, m.SHA256)
+	}
+	slog.Info("read back", "image", t.spec(), "sha256", got)
 	return nil
 }
 

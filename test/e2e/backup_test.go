@@ -156,7 +156,7 @@ func TestExportRestoreAcrossClusters(t *testing.T) {
 	// Restore into B three ways; no Kubernetes needed.
 	for i, c := range cases {
 		x, y, z := fmt.Sprintf("replicapool/x%d", i), fmt.Sprintf("replicapool/y%d", i), fmt.Sprintf("replicapool/z%d", i)
-		r := runLifeboat(t, append([]string{"restore", c.id, "--to", x, "--ceph-conf", b.conf()}, repo.flags()...)...)
+		r := runLifeboat(t, append([]string{"restore", c.id, "--to", x, "--ceph-conf", b.conf(), "--verify"}, repo.flags()...)...)
 		if r.code != 0 || !strings.Contains(r.stdout, c.sha) {
 			t.Errorf("%s: restore into B: exit %d: %s", c.name, r.code, r.stderr)
 		}

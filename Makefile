@@ -14,7 +14,7 @@ GOFLAGS_BUILD = -tags '$(GO_TAGS)' -ldflags '-X main.version=$(VERSION)'
 FUZZTIME ?= 20s
 export GO_TAGS
 
-.PHONY: build test unit integration e2e fuzz demo bench-verify vet clean
+.PHONY: build test unit integration e2e fuzz demo bench-verify deploy-check vet clean
 
 ## build: ./bin/lifeboat against the host's Ceph libraries
 build:
@@ -43,6 +43,10 @@ demo: stack-up build
 ## bench-verify: time verify of 200 snapshots and count Ceph connections
 bench-verify: stack-up
 	LIFEBOAT_GO_TAGS='$(GO_TAGS)' $(GO) test -tags 'e2e $(GO_TAGS)' -run '^$$' -bench Verify200 -benchtime 3x -timeout 30m ./test/e2e/
+
+## deploy-check: apply deploy/ to the stack's API server; pod security, RBAC (the agent's own token), alerts vs metrics
+deploy-check: stack-up
+	LIFEBOAT_GO_TAGS='$(GO_TAGS)' $(GO) test -tags 'e2e $(GO_TAGS)' -count=1 -run '^TestDeploy$$' -timeout 10m ./test/e2e/
 
 clean:
 	rm -rf bin
@@ -78,3 +82,19 @@ stack-down:
 ## stack-wipe: stop the stack and delete $(LIFEBOAT_STACK_DIR)
 stack-wipe:
 	$(STACK_SCRIPTS)/down.sh --wipe
+
+# ---------------------------------------------------------------------------
+# Side-by-side benchmark (test/bench/): lifeboat vs kopia and restic (built once
+# from the Go module proxy into $(LIFEBOAT_CACHE_DIR)/bin) on the stack's Ceph and
+# MinIO. Report: $(LIFEBOAT_STACK_DIR)/bench/results.md. Quick run:
+#   make bench BENCH_SIZE=256M
+# More knobs (BENCH_TOOLS, BENCH_CHUNK_SIZES, BENCH_ENCRYPT, ...): test/bench/bench.sh.
+# ---------------------------------------------------------------------------
+BENCH_SIZE ?= 2G
+export BENCH_SIZE
+
+.PHONY: bench
+
+## bench: time, stored bytes, restore check and peak memory of lifeboat, kopia and restic
+bench: stack-up build
+	test/bench/bench.sh

@@ -68,8 +68,11 @@ var (
 func codecs() (*zstd.Encoder, *zstd.Decoder, *zstd.Decoder) {
 	zstdOnce.Do(func() {
 		// No zstd CRC: the content address already checks every byte.
-		zstdEnc = must(zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderCRC(false)))
-		chunkDec = must(zstd.NewReader(nil, zstd.WithDecodeAllCapLimit(true)))
+		// A 1 MiB window and lower-memory encoders keep each of the
+		// GOMAXPROCS encoders small: chunks are compressed one at a time.
+		zstdEnc = must(zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderCRC(false),
+			zstd.WithWindowSize(1<<20), zstd.WithLowerEncoderMem(true)))
+		chunkDec = must(zstd.NewReader(nil, zstd.WithDecodeAllCapLimit(true), zstd.WithDecoderLowmem(true)))
 		manifestDec = must(zstd.NewReader(nil, zstd.WithDecoderMaxMemory(maxManifest)))
 	})
 	return zstdEnc, chunkDec, manifestDec

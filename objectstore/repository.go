@@ -21,7 +21,7 @@ const formatName = "lifeboat-repository"
 // Chunk size limits. Sizes are powers of two so chunks line up with RBD
 // objects (also powers of two) and with any chunk grid of another size.
 const (
-	DefaultChunkSize = 4 << 20
+	DefaultChunkSize = 1 << 20
 	MinChunkSize     = 64 << 10
 	MaxChunkSize     = 64 << 20
 )

@@ -141,6 +141,9 @@ func newConn(cfg ClusterConfig) (*rados.Conn, error) {
 		// reports errors itself.
 		{"log_to_stderr", "false"},
 		{"err_to_stderr", "false"},
+		// lifeboat reads each byte once and writes restores in full chunks:
+		// librbd's cache (32 MiB per open image) would only cost memory.
+		{"rbd_cache", "false"},
 	}
 	if len(cfg.Monitors) > 0 {
 		opts = append(opts, [2]string{"mon_host", strings.Join(cfg.Monitors, ",")})

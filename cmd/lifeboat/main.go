@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 )
 
@@ -23,7 +24,15 @@ const (
 // errProblems tells main to exit 1 after a command printed its findings.
 var errProblems = errors.New("problems found")
 
+// memoryLimit is the Go heap's soft limit unless GOMEMLIMIT says
+// otherwise: lifeboat's working set is a fixed number of chunks, so without
+// it the garbage collector's slack, not the data, would set the RSS.
+const memoryLimit = 64 << 20
+
 func main() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryLimit)
+	}
 	os.Exit(run(os.Args[1:]))
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -28,6 +29,7 @@ type globals struct {
 	cephUser    string
 	cephKeyring string
 	logLevel    string
+	cpuProfile  string
 }
 
 func newRootCmd() *cobra.Command {
@@ -60,6 +62,9 @@ bad credentials, bad flags).`,
 	f.StringVar(&g.cephUser, "ceph-user", "", "cephx user (without client.) with --ceph-conf; default from the conf")
 	f.StringVar(&g.cephKeyring, "ceph-keyring", "", "keyring file with --ceph-conf; default from the conf")
 	f.StringVar(&g.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
+	f.StringVar(&g.cpuProfile, "cpu-profile", "", "write a Go CPU profile to this file (for performance work)")
+	_ = f.MarkHidden("cpu-profile")
+	root.PersistentPostRun = func(*cobra.Command, []string) { pprof.StopCPUProfile() }
 
 	root.AddCommand(newResolveCmd(g), newVerifyCmd(g), newExportCmd(g), newRestoreCmd(g), newCatCmd(g),
 		newBackupsCmd(g), newRepoCmd(), newRunCmd(g), newVersionCmd())
@@ -77,6 +82,15 @@ func (g *globals) validate() error {
 		return fmt.Errorf("--log-level %q: use debug, info, warn or error", g.logLevel)
 	}
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
+	if g.cpuProfile != "" {
+		f, err := os.Create(g.cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpu-profile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpu-profile: %w", err)
+		}
+	}
 	if g.cephTimeout <= 0 || g.kubeTimeout <= 0 {
 		return fmt.Errorf("--ceph-timeout and --kube-timeout must be positive")
 	}

@@ -49,6 +49,7 @@ func (a *agent) log() string { a.mu.Lock(); defer a.mu.Unlock(); return a.out.St
 // agent runs with exactly the deployed rights, not admin's.
 func saKubeconfig(t *testing.T, w *world) string {
 	t.Helper()
+	lockDeployedRBAC(t) // TestDeploy applies and removes the same objects
 	out, err := exec.Command("kubectl", "--kubeconfig", env.Get("KUBECONFIG"), "-n", "rook-ceph", "apply",
 		"-f", "../../deploy/serviceaccount.yaml", "-f", "../../deploy/rbac-cluster.yaml", "-f", "../../deploy/rbac-namespace.yaml").CombinedOutput()
 	if err != nil {

@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+#
+# lifeboat's container image: `lifeboat run` (the agent, deploy/) and every
+# CLI command. lifeboat links librbd/librados (go-ceph, cgo), so the binary
+# is built against, and runs with, the Ceph libraries of one Debian release:
+# trixie ships Ceph 18.2 Reef, whose go-ceph build tag is `reef`. Changing
+# DEBIAN_RELEASE means changing CEPH_RELEASE to the release it ships.
+#
+#   docker build -t ghcr.io/lifeboat-backup/lifeboat:$(git describe --tags --always) \
+#     --build-arg VERSION=$(git describe --tags --always --dirty) .
+
+ARG GO_VERSION=1.26.8
+ARG DEBIAN_RELEASE=trixie
+
+FROM golang:${GO_VERSION}-${DEBIAN_RELEASE} AS build
+ARG CEPH_RELEASE=reef
+# The golang image has gcc, libc6-dev and pkg-config; add Ceph's headers.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends librbd-dev librados-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN --mount=type=cache,target=/go/pkg/mod go mod download
+COPY . .
+ARG VERSION=dev
+RUN --mount=type=cache,target=/go/pkg/mod \
+    --mount=type=cache,target=/root/.cache/go-build \
+    CGO_ENABLED=1 go build -trimpath -buildvcs=false -tags "${CEPH_RELEASE}" \
+      -ldflags "-s -w -X main.version=${VERSION}" -o /out/lifeboat ./cmd/lifeboat \
+ && /out/lifeboat version
+
+FROM debian:${DEBIAN_RELEASE}-slim
+ARG VERSION=dev
+LABEL org.opencontainers.image.title="lifeboat" \
+      org.opencontainers.image.description="Backups of Ceph RBD CSI snapshots to S3 that survive the loss of Ceph" \
+      org.opencontainers.image.source="https://github.com/lifeboat-backup/lifeboat" \
+      org.opencontainers.image.version="${VERSION}"
+# Only the runtime libraries (and CAs for S3 over TLS): no Ceph CLI, no shell tools.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends librbd1 librados2 ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/lifeboat /usr/local/bin/lifeboat
+# Fails the build if a shared library is missing from this stage.
+RUN ["/usr/local/bin/lifeboat", "version"]
+# 65532: the conventional "nonroot" uid/gid (distroless); deploy/ runs as it too.
+USER 65532:65532
+ENV HOME=/tmp
+ENTRYPOINT ["/usr/local/bin/lifeboat"]
+CMD ["--help"]

@@ -98,3 +98,32 @@ export BENCH_SIZE
 ## bench: time, stored bytes, restore check and peak memory of lifeboat, kopia and restic
 bench: stack-up build
 	test/bench/bench.sh
+
+# ---------------------------------------------------------------------------
+# Ceph Reef flavour (test/stack/reef.sh): a cached Debian trixie chroot with Ceph
+# 18.2.x, a one-node Reef cluster started in it (127.0.0.1:33300/36789), and the
+# host stack's kube-apiserver and MinIO. Env: $(LIFEBOAT_REEF_STACK_DIR)/env.
+# The suites run inside the chroot, built against Reef's librbd. Not part of
+# `make test`.
+# ---------------------------------------------------------------------------
+LIFEBOAT_REEF_STACK_DIR ?= /tmp/lifeboat-stack-reef
+REEF_GO_TAGS ?= reef
+export LIFEBOAT_REEF_STACK_DIR
+REEF := $(STACK_SCRIPTS)/reef.sh
+
+.PHONY: reef-up test-reef test-reef-down
+
+## reef-up: build the Reef chroot (once) and start the Reef flavour of the stack
+reef-up:
+	$(REEF) up
+
+## test-reef: vet, unit/integration and end-to-end tests against Ceph Reef
+test-reef: reef-up
+	LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec $(GO) vet -tags '$(REEF_GO_TAGS)' ./...
+	LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec $(GO) vet -tags 'e2e $(REEF_GO_TAGS)' ./test/e2e/
+	LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec $(GO) test -tags '$(REEF_GO_TAGS)' -count=1 -timeout 20m ./...
+	LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec $(GO) test -tags 'e2e $(REEF_GO_TAGS)' -count=1 -timeout 40m ./test/e2e/
+
+## test-reef-down: stop the Reef cluster (the host stack and the cached chroot stay)
+test-reef-down:
+	$(REEF) down

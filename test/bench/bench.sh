@@ -12,7 +12,7 @@
 # kopia and restic read the snapshot as a raw stream (`rbd export SNAP - | tool`),
 # the way Velero's data mover treats a block volume; lifeboat exports the CSI
 # VolumeSnapshotContent itself. Then lifeboat's chunk size: 1, 2 and 4 MiB.
-# The markdown report goes to $LIFEBOAT_STACK_DIR/bench/results.md.
+# The markdown report goes to $LIFEBOAT_STACK_DIR/bench/results.md (BENCH_DIR).
 #
 # Knobs (environment):
 #   BENCH_SIZE=2G            provisioned size (multiple of 8M; 256M for a quick run)
@@ -21,9 +21,17 @@
 #   BENCH_ENCRYPT=1          lifeboat with --encryption-key-file (kopia and restic
 #                            always encrypt); 0 for a plain repository
 #   BENCH_LB_PARALLEL=       lifeboat export/restore --parallel N (default: lifeboat's)
+#   BENCH_LB_CHUNK_SIZE=     chunk size of lifeboat's repository in the side-by-side
+#                            comparison (default: lifeboat's default)
 #   BENCH_SEED=1             seed of the data and of the write offsets
 #   BENCH_NS=lbbench         namespace, bucket and image name prefix
+#   BENCH_DIR=$LIFEBOAT_STACK_DIR/bench   results.md, logs/, the dedicated cluster
 #   BENCH_POOL=replicapool   RBD pool
+#   BENCH_CEPH=own           own: a dedicated one-node cluster for the benchmark
+#                            (test/stack/ceph-cluster.sh, ports BENCH_CEPH_V2_PORT/
+#                            BENCH_CEPH_V1_PORT, clusterID lifeboat-$BENCH_NS in Rook's
+#                            ConfigMap), so other tests' data can't fill its OSD and
+#                            it can't fill theirs; shared: the stack's own cluster
 #   BENCH_KEEP=0             1 keeps the volume, snapshots and buckets at the end
 #   LIFEBOAT, LBSIM          binaries (default bin/lifeboat, bin/lbsim)
 set -euo pipefail
@@ -37,17 +45,25 @@ BENCH_TOOLS=${BENCH_TOOLS:-restic kopia lifeboat}
 BENCH_CHUNK_SIZES=${BENCH_CHUNK_SIZES-1MiB 2MiB 4MiB}
 BENCH_ENCRYPT=${BENCH_ENCRYPT:-1}
 BENCH_LB_PARALLEL=${BENCH_LB_PARALLEL:-}
+BENCH_LB_CHUNK_SIZE=${BENCH_LB_CHUNK_SIZE:-}
 BENCH_SEED=${BENCH_SEED:-1}
 BENCH_NS=${BENCH_NS:-lbbench}
 BENCH_POOL=${BENCH_POOL:-replicapool}
+BENCH_CEPH=${BENCH_CEPH:-own}
+BENCH_CEPH_V2_PORT=${BENCH_CEPH_V2_PORT:-13320}
+BENCH_CEPH_V1_PORT=${BENCH_CEPH_V1_PORT:-16809}
+BENCH_CLUSTER_ID=lifeboat-$BENCH_NS
 BENCH_KEEP=${BENCH_KEEP:-0}
 LIFEBOAT=${LIFEBOAT:-$REPO/bin/lifeboat}
 LBSIM=${LBSIM:-$REPO/bin/lbsim}
 
-OUT_DIR=$LIFEBOAT_STACK_DIR/bench
+OUT_DIR=${BENCH_DIR:-$LIFEBOAT_STACK_DIR/bench}
 LOG_DIR=$OUT_DIR/logs    # one .log (stderr) and .out (stdout) per step
 WORK=$OUT_DIR/work       # tool configs and caches, peak-RSS files; deleted at the end
 RESULTS=$OUT_DIR/results.md
+CEPH_DIR=$OUT_DIR/ceph   # the dedicated cluster (BENCH_CEPH=own)
+SIM_ENV=""               # the env file lbsim reads (set by setup_ceph)
+SIM=()                   # lbsim with its global flags (set by setup_ceph)
 PASSWORD=lifeboat-bench-password  # kopia's and restic's repository password
 MiB=1048576
 
@@ -188,7 +204,7 @@ bench_tool() {
   log "$t: new repository in bucket $bucket (load average $(load1))"
   s3 rb "$bucket"
   s3 mb "$bucket"
-  step "$t.init" "${t}_init" "$bucket"
+  LB_CHUNK_SIZE=$BENCH_LB_CHUNK_SIZE step "$t.init" "${t}_init" "$bucket"
 
   step "$t.full" "${t}_backup" 1
   ID[$t.1]=$("${t}_id" "$LOG_DIR/$t.full.out")
@@ -246,12 +262,12 @@ preflight() {
   . "$LIFEBOAT_STACK_DIR/env"
   set +a
   mkdir -p "$LOG_DIR" "$WORK"
-  rm -f "$LOG_DIR"/*
+  rm -f "$LOG_DIR"/* "$RESULTS"
 
   # Cold kopia builds take minutes on 2 cores: start them before anything else.
   PEERS_PID=""
   if has_tool restic || has_tool kopia; then
-    "$HERE/peers.sh" >"$LOG_DIR/peers.log" 2>&1 &
+    "$HERE/peers.sh" >"$LOG_DIR/peers.log" 2>&1 6>&- 7>&- &
     PEERS_PID=$!
   fi
 
@@ -274,6 +290,64 @@ preflight() {
   (cd "$REPO" && go build -o "$WORK/s3tool" ./test/bench/s3tool) || die "building test/bench/s3tool failed"
 }
 
+# acquire_lock: one benchmark at a time per stack. Two runs would share buckets,
+# namespace, images and the dedicated cluster, and each one's cleanup would wreck
+# the other. fd 7 stays open for the whole run; daemons we start must not inherit it.
+acquire_lock() {
+  mkdir -p "$OUT_DIR"
+  exec 7>"$OUT_DIR/.lock"
+  if ! flock -n 7; then
+    log "another benchmark is running on this stack ($OUT_DIR/.lock); waiting for it to finish (up to 1 h)"
+    flock -w 3600 7 || die "timed out waiting for $OUT_DIR/.lock"
+  fi
+}
+
+# setup_ceph: the cluster the volume lives on and restores go to. BENCH_CEPH=own
+# starts a dedicated one: its csi-rbd-provisioner user gets the stack's key, so the
+# shared Secret rook-csi-rbd-provisioner (which lbsim rook rewrites with the same
+# data) serves both clusters; lbsim adds the clusterID lifeboat-$BENCH_NS to Rook's
+# ConfigMap, which lifeboat export follows. CEPH_CONF then names that cluster
+# (admin) for rbd, ceph and lifeboat restore.
+setup_ceph() {
+  if [[ $BENCH_CEPH == shared ]]; then
+    SIM_ENV=$LIFEBOAT_STACK_DIR/env
+    SIM=("$LBSIM" -env "$SIM_ENV" -pool "$BENCH_POOL")
+    return 0
+  fi
+  [[ $BENCH_CEPH == own ]] || die "BENCH_CEPH=$BENCH_CEPH: want own or shared"
+  log "ceph: dedicated cluster in $CEPH_DIR (ports $BENCH_CEPH_V2_PORT, $BENCH_CEPH_V1_PORT)"
+  "$REPO/test/stack/ceph-cluster.sh" start "$CEPH_DIR" "$BENCH_CEPH_V2_PORT" "$BENCH_CEPH_V1_PORT" >"$LOG_DIR/ceph-cluster.log" 2>&1 6>&- 7>&- ||
+    { tail -n 20 "$LOG_DIR/ceph-cluster.log" >&2; die "starting the dedicated Ceph cluster failed"; }
+  local conf=$CEPH_DIR/ceph.conf user=${CEPH_CSI_USER:-csi-rbd-provisioner} keyring=$CEPH_DIR/bench-csi.keyring
+  ceph-authtool --create-keyring "$keyring" -n "client.$user" --add-key "$CEPH_CSI_KEY" >/dev/null
+  ceph -c "$conf" auth rm "client.$user" >/dev/null 2>&1 || true
+  ceph -c "$conf" auth add "client.$user" -i "$keyring" \
+    mon 'profile rbd, allow command "osd blocklist"' mgr 'allow rw' osd 'profile rbd' >/dev/null 2>&1
+  SIM_ENV=$WORK/stack.env
+  {
+    grep -v '^CEPH_' "$LIFEBOAT_STACK_DIR/env"
+    grep '^CEPH_' "$CEPH_DIR/cluster.env" | grep -v '^CEPH_CSI_KEY'
+    echo "CEPH_CSI_KEY=$CEPH_CSI_KEY"
+    echo "CEPH_CSI_KEYRING=$keyring"
+    echo "LIFEBOAT_CEPH_RELEASE=${LIFEBOAT_CEPH_RELEASE:-}"
+  } >"$SIM_ENV"
+  export CEPH_CONF=$conf
+  SIM=("$LBSIM" -env "$SIM_ENV" -pool "$BENCH_POOL" -cluster-id "$BENCH_CLUSTER_ID")
+}
+
+# forget_cluster: drop our clusterID from Rook's ConfigMap again
+# (read-modify-replace: a concurrent writer makes replace fail, then we retry).
+forget_cluster() {
+  local i cm="kubectl -n rook-ceph get configmap rook-ceph-csi-config -o json"
+  for i in 1 2 3 4 5; do
+    $cm 2>/dev/null | jq --arg id "$BENCH_CLUSTER_ID" \
+      '.data["csi-cluster-config-json"] |= (fromjson | map(select(.clusterID != $id)) | tojson)' |
+      kubectl replace -f - >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  log "could not remove clusterID $BENCH_CLUSTER_ID from rook-ceph/rook-ceph-csi-config"
+}
+
 # need_osd_space BYTES: the memstore OSD must have room (a full OSD blocks even deletes).
 need_osd_space() {
   local avail
@@ -289,15 +363,19 @@ cleanup() {
   done
   if [[ -x $WORK/s3tool ]]; then
     local b
-    for b in restic kopia lifeboat lifeboat-chunk1mib lifeboat-chunk2mib lifeboat-chunk4mib; do
+    local buckets=(restic kopia lifeboat) cs
+    for cs in $BENCH_CHUNK_SIZES; do buckets+=("lifeboat-chunk${cs,,}"); done
+    for b in "${buckets[@]}"; do
       s3 rb "$BENCH_NS-$b" 2>/dev/null || log "could not delete bucket $BENCH_NS-$b"
     done
   fi
-  "$LBSIM" -env "$LIFEBOAT_STACK_DIR/env" -pool "$BENCH_POOL" cleanup "$BENCH_NS" >/dev/null 2>&1 || true
+  if ((${#SIM[@]})); then "${SIM[@]}" cleanup "$BENCH_NS" >/dev/null 2>&1 || true; fi
 }
 
 on_exit() {
   local rc=$?
+  exec 2>&6
+  ((rc == 0)) || log "benchmark stopped (exit status $rc); cleaning up"
   if ((rc != 0)) && [[ -n $CUR_STEP ]]; then
     log "step '$CUR_STEP' failed; its stderr ($LOG_DIR/$CUR_STEP.log):"
     tail -n 25 "$LOG_DIR/$CUR_STEP.log" >&2 || true
@@ -311,6 +389,11 @@ on_exit() {
     log "BENCH_KEEP=1: volume, snapshots and buckets kept (namespace $BENCH_NS)"
   else
     cleanup
+    if [[ $BENCH_CEPH == own && -d $CEPH_DIR ]]; then
+      forget_cluster
+      "$REPO/test/stack/ceph-cluster.sh" stop "$CEPH_DIR" --wipe >>"$LOG_DIR/ceph-cluster.log" 2>&1 ||
+        log "could not stop the dedicated cluster in $CEPH_DIR (see $LOG_DIR/ceph-cluster.log)"
+    fi
   fi
   rm -rf "$WORK"
 }
@@ -326,7 +409,7 @@ make_volume() {
   # Room on the OSD for the volume's data, the change and one restored image, twice over.
   need_osd_space $(((R[random] + R[text]) * 3))
 
-  local sim=("$LBSIM" -env "$LIFEBOAT_STACK_DIR/env" -pool "$BENCH_POOL")
+  local sim=("${SIM[@]}")
   "${sim[@]}" rook >"$LOG_DIR/rook.out"
   log "volume $BENCH_NS/vol: ${size_mib} MiB provisioned, $(mib "${R[random]}") MiB random, $(mib "${R[text]}") MiB text, the rest holes"
   "${sim[@]}" volume "$BENCH_NS/vol" "${size_mib}M" --seed "$BENCH_SEED" \
@@ -400,16 +483,17 @@ row() {
 }
 
 report() {
-  local lbver cephver
+  local lbver cephver lbchunk
   lbver=$("$LIFEBOAT" version 2>/dev/null | head -n 1 || true)
+  lbchunk=${BENCH_LB_CHUNK_SIZE:-$("$LIFEBOAT" repo init --help 2>/dev/null | sed -n 's/.*--chunk-size.*(default "\([^"]*\)").*/\1/p')}
   cephver=$(ceph --version | awk '{print $3, $5}')
   {
     echo "# lifeboat side-by-side benchmark"
     echo
     echo "$(date -u +'%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM;" \
-      "Ceph $cephver (one memstore OSD), MinIO on 127.0.0.1, everything on this machine;" \
+      "Ceph $cephver ($([[ $BENCH_CEPH == own ]] && echo "a dedicated one-node cluster" || echo "the stack's cluster"), one memstore OSD), MinIO on 127.0.0.1, everything on this machine;" \
       "1-minute load average ${R[load.start]} at the start, ${R[load.end]} at the end (other work on the machine distorts the times)."
-    echo "lifeboat: ${lbver:-?}$([[ $BENCH_ENCRYPT == 1 ]] && echo ", encrypted (AES-GCM)" || echo ", not encrypted")$([[ -n $BENCH_LB_PARALLEL ]] && echo ", --parallel $BENCH_LB_PARALLEL");" \
+    echo "lifeboat: ${lbver:-?}, ${lbchunk:-?} chunks$([[ $BENCH_ENCRYPT == 1 ]] && echo ", encrypted (AES-GCM)" || echo ", not encrypted")$([[ -n $BENCH_LB_PARALLEL ]] && echo ", --parallel $BENCH_LB_PARALLEL");" \
       "kopia ${LB_KOPIA_VERSION:-} and restic ${LB_RESTIC_VERSION:-} with default settings (both encrypt; restic compresses, kopia does not by default)."
     echo
     echo "Volume: $(mib "${R[size]}") MiB provisioned, $(mib "${R[random]}") MiB random + $(mib "${R[text]}") MiB non-repeating text," \
@@ -462,12 +546,17 @@ report() {
 # ---------------------------------------------------------------------------
 
 main() {
+  acquire_lock
+  exec 6>&2  # the terminal's stderr, for on_exit (a step may have redirected 2)
   trap on_exit EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
   preflight
   eval "$("$HERE/peers.sh" --print-paths)"  # RESTIC_BIN, KOPIA_BIN
   LB_RESTIC_VERSION=$(basename "$RESTIC_BIN" | sed 's/^restic-//')
   LB_KOPIA_VERSION=$(basename "$KOPIA_BIN" | sed 's/^kopia-//')
   log "benchmark: BENCH_SIZE=$BENCH_SIZE, tools: $BENCH_TOOLS, chunk sizes: ${BENCH_CHUNK_SIZES:-none}; logs in $LOG_DIR"
+  setup_ceph
   cleanup  # leftovers of an interrupted run
   R[load.start]=$(load1)
   if awk -v l="${R[load.start]}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then

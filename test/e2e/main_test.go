@@ -8,6 +8,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -106,8 +107,9 @@ func newWorld(t testing.TB) *world {
 
 // cleanup removes the world's Kubernetes objects and its clusterID from
 // ceph-csi's config, so a later `lifeboat verify` of the whole stack (make
-// demo) does not see them. Its images stay in its own RADOS namespace.
+// demo) does not see them, and its images: the memstore OSD is small.
 func (w *world) cleanup() {
+	defer w.purgeImages()
 	ctx := context.Background()
 	contents, err := w.sim.Snap.SnapshotV1().VolumeSnapshotContents().List(ctx, metav1.ListOptions{})
 	if err == nil {
@@ -159,4 +161,38 @@ func (w *world) ceph(tool string, args ...string) string {
 // spec is pool/namespace/image in this world.
 func (w *world) spec(image string) string {
 	return w.sim.Options().Pool + "/" + w.id + "/" + image
+}
+
+// purgeImages removes every image of the world's RADOS namespace, trash
+// included. Clones must go before their parents, so it sweeps a few times.
+func (w *world) purgeImages() {
+	pool := w.sim.Options().Pool
+	rbd := func(args ...string) string {
+		out, _ := exec.Command("rbd", append([]string{"-c", env.Get("CEPH_CONF")}, args...)...).Output()
+		return string(out)
+	}
+	in := []string{"-p", pool, "--namespace", w.id}
+	for pass := 0; pass < 6; pass++ {
+		images := strings.Fields(rbd(append([]string{"ls"}, in...)...))
+		if len(images) == 0 && strings.TrimSpace(rbd(append([]string{"trash", "ls"}, in...)...)) == "" {
+			break
+		}
+		for _, img := range images {
+			spec := pool + "/" + w.id + "/" + img
+			var snaps []struct {
+				Name      string `json:"name"`
+				Protected string `json:"protected"`
+			}
+			_ = json.Unmarshal([]byte(rbd("snap", "ls", "--format", "json", spec)), &snaps)
+			for _, sn := range snaps {
+				if sn.Protected == "true" { // a clone v1's parent snapshot
+					rbd("snap", "unprotect", spec+"@"+sn.Name)
+				}
+			}
+			rbd("snap", "purge", "--no-progress", spec)
+			rbd("rm", "--no-progress", spec)
+		}
+		rbd(append([]string{"trash", "purge", "--no-progress"}, in...)...)
+	}
+	rbd("namespace", "remove", pool+"/"+w.id)
 }

@@ -11,9 +11,13 @@ set -a; . "$stack/env"; set +a
 lb() { echo; echo "\$ lifeboat $*"; ./bin/lifeboat --driver-suffix rook-ceph.rbd.csi.ceph.com "$@"; }
 sim() { ./bin/lbsim --env "$stack/env" "$@"; }
 
-ns=demo
+# A new namespace each run: the test stack runs no namespace controller, so
+# a deleted namespace's objects would linger in etcd.
+ns=demo-$(date +%H%M%S)
 echo "== Rook's ceph-csi config and credentials, a 256 MiB PVC $ns/shop-db with data"
-sim cleanup "$ns" >/dev/null 2>&1 || true
+# Previous demos' snapshots (their images may be gone with a wiped cluster).
+kubectl get volumesnapshotcontents -o jsonpath='{range .items[*]}{.metadata.name} {.spec.volumeSnapshotRef.namespace}{"\n"}{end}' |
+  awk '$2 ~ /^demo-/ {print $1}' | xargs -r kubectl delete volumesnapshotcontent --wait=false >/dev/null
 sim rook >/dev/null
 sim volume "$ns/shop-db" 256M --fill random:32M,text:16M,hole:64M,random:8M >/dev/null
 

@@ -6,6 +6,9 @@
 # Several clusters can run side by side on distinct ports. Data lives in RAM
 # (memstore), so a stopped cluster is not restartable: start wipes and recreates it.
 set -euo pipefail
+# The cluster this script manages is named by DIR alone: a CEPH_CONF left in
+# the environment (the stack env exports one) would point its ceph calls elsewhere.
+unset CEPH_CONF
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

@@ -133,7 +133,8 @@ type rbdInfo struct {
 func rbdCLI(t *testing.T, env sim.Env, out any, args ...string) {
 	t.Helper()
 	if _, err := exec.LookPath("rbd"); err != nil {
-		t.Skip("rbd CLI not installed")
+		// The stack installs ceph-common: without it the stack is broken.
+		t.Fatalf("rbd CLI not installed: run make stack-install")
 	}
 	cmd := exec.Command("rbd", append([]string{"-c", env["CEPH_CONF"], "--format", "json"}, args...)...)
 	b, err := cmd.Output()

@@ -20,33 +20,6 @@ LB_KOPIA_BIN=$LIFEBOAT_CACHE_DIR/bin/kopia-$LB_KOPIA_VERSION
 # Wrapper modules live in the cache, never in the repo; no go.work or vendor dir.
 export GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0
 
-# with_lock NAME CMD...: one build of NAME at a time across concurrent runs.
-with_lock() {
-  local name=$1; shift
-  mkdir -p "$LIFEBOAT_CACHE_DIR/locks"
-  (
-    if ! flock -n 9; then
-      log "waiting for another build of $name"
-      flock -w 3600 9 || die "timed out waiting for the $name build lock"
-    fi
-    "$@"
-  ) 9>"$LIFEBOAT_CACHE_DIR/locks/$name.lock"
-}
-
-# fresh_src NAME: an empty wrapper-module directory in the cache.
-fresh_src() {
-  local d=$LIFEBOAT_CACHE_DIR/src/$1
-  rm -rf "$d" && mkdir -p "$d" && echo "$d"
-}
-
-# logged SRC WHAT CMD...: output to SRC/build.log, shown only on failure.
-logged() {
-  local src=$1 what=$2; shift 2
-  "$@" >>"$src/build.log" 2>&1 && return 0
-  tail -n 30 "$src/build.log" >&2
-  die "$what failed (full log: $src/build.log)"
-}
-
 build_restic() {
   [[ -x $LB_RESTIC_BIN ]] && return 0
   command -v go >/dev/null || die "Go is needed to build restic"

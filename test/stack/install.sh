@@ -37,37 +37,9 @@ check_tools() {
   [[ -x $LB_KUBECTL ]] || die "kubectl not found at $LB_KUBECTL (set LB_KUBECTL); don't install Debian's kubernetes-client"
 }
 
-# with_lock NAME CMD...: serialize builds of NAME across concurrent install.sh runs.
-with_lock() {
-  local name=$1; shift
-  mkdir -p "$LIFEBOAT_CACHE_DIR/locks"
-  (
-    if ! flock -n 9; then
-      log "waiting for another install.sh that is building $name"
-      flock -w 3600 9 || die "timed out waiting for the $name build lock"
-    fi
-    "$@"
-  ) 9>"$LIFEBOAT_CACHE_DIR/locks/$name.lock"
-}
-
 # mod_dir MODULE@VERSION: download a module from the proxy, print its directory.
 mod_dir() {
   go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
-}
-
-# fresh_src NAME: an empty wrapper-module directory in the cache (never in the repo).
-fresh_src() {
-  local d=$LIFEBOAT_CACHE_DIR/src/$1
-  rm -rf "$d" && mkdir -p "$d" && echo "$d"
-}
-
-# logged SRC WHAT CMD...: run a build step with its output in SRC/build.log,
-# shown only when it fails.
-logged() {
-  local src=$1 what=$2; shift 2
-  "$@" >>"$src/build.log" 2>&1 && return 0
-  tail -n 30 "$src/build.log" >&2
-  die "$what failed (full log: $src/build.log)"
 }
 
 build_etcd() {

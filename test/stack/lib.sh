@@ -88,3 +88,33 @@ safe_wipe() {
     die "refusing to delete $dir: no $marker in it, it was not created by the lifeboat stack"
   rm -rf -- "$dir"
 }
+
+# Building tools from the Go module proxy (install.sh, test/bench/peers.sh).
+
+# with_lock NAME CMD...: one build of NAME at a time across concurrent runs.
+with_lock() {
+  local name=$1; shift
+  mkdir -p "$LIFEBOAT_CACHE_DIR/locks"
+  (
+    if ! flock -n 9; then
+      log "waiting for another build of $name"
+      flock -w 3600 9 || die "timed out waiting for the $name build lock"
+    fi
+    "$@"
+  ) 9>"$LIFEBOAT_CACHE_DIR/locks/$name.lock"
+}
+
+# fresh_src NAME: an empty wrapper-module directory in the cache (never in the repo).
+fresh_src() {
+  local d=$LIFEBOAT_CACHE_DIR/src/$1
+  rm -rf "$d" && mkdir -p "$d" && echo "$d"
+}
+
+# logged SRC WHAT CMD...: run a build step with its output in SRC/build.log,
+# shown only when it fails.
+logged() {
+  local src=$1 what=$2; shift 2
+  "$@" >>"$src/build.log" 2>&1 && return 0
+  tail -n 30 "$src/build.log" >&2
+  die "$what failed (full log: $src/build.log)"
+}

@@ -187,7 +187,6 @@ func TestIncrementalExport(t *testing.T) {
 	s3Creds(t)
 	ctx := context.Background()
 	w := newWorld(t)
-	w.purgeOnCleanup()
 	const chunk = 64 * KiB
 	repo := newRepo(t, "64KiB", "")
 	const size = 128 * MiB
@@ -263,7 +262,6 @@ func TestExportCrashSafety(t *testing.T) {
 	s3Creds(t)
 	ctx := context.Background()
 	w := newWorld(t)
-	w.purgeOnCleanup()
 	repo := newRepo(t, "4MiB", "")
 	const size = 256 * MiB
 	const total = size / (4 * MiB)
@@ -365,7 +363,6 @@ func TestBackupBadInput(t *testing.T) {
 	s3Creds(t)
 	ctx := context.Background()
 	w := newWorld(t)
-	w.purgeOnCleanup()
 	repo := newRepo(t, "4MiB", "")
 	regions := []sim.Region{
 		{Off: 0, Len: 6 * MiB, Kind: sim.Random},
@@ -590,7 +587,6 @@ func TestEncryptionHidesData(t *testing.T) {
 	s3Creds(t)
 	ctx := context.Background()
 	w := newWorld(t)
-	w.purgeOnCleanup()
 	marker := []byte("LIFEBOAT-E2E-PLAINTEXT-MARKER-" + uuid.NewString())
 	v := w.volumeWith("secret", 32*MiB, 1,
 		sim.Region{Off: 0, Len: 8 * MiB, Kind: sim.Text},

@@ -413,28 +413,8 @@ func (c *cluster) stop(t testing.TB) {
 // need --ceph-secret with the returned name.
 func newWorldOn(t *testing.T, c *cluster) (*world, string) {
 	t.Helper()
-	id := "t" + strings.ReplaceAll(uuid.NewString(), "-", "")[:10]
-	opts := env.Options()
-	opts.CephConf = c.conf()
-	opts.ClusterID = id
-	opts.RadosNamespace = id
-	opts.Driver = id + ".rbd.csi.ceph.com"
-	opts.StorageClass = id
-	opts.SnapshotClass = id
-	ctx := context.Background()
-	s, err := sim.New(ctx, opts)
-	if err != nil {
-		t.Fatalf("simulator on %s: %v", c.dir, err)
-	}
-	t.Cleanup(s.Close)
-	rookMu.Lock()
-	err = s.InstallRook(ctx, c.env.Monitors(), env.Get("CEPH_CSI_USER"), env.Get("CEPH_CSI_KEY"))
-	rookMu.Unlock()
-	if err != nil {
-		t.Fatalf("installing Rook objects: %v", err)
-	}
-	w := &world{t: t, sim: s, id: id, driver: opts.Driver}
-	t.Cleanup(w.cleanup)
+	w := newWorldWith(t, c.conf(), c.env.Monitors(), env.Get("CEPH_CSI_KEY"))
+	s, id, opts, ctx := w.sim, w.id, w.sim.Options(), context.Background()
 	secret := "csi-" + id
 	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: opts.RookNamespace, Name: secret},
 		Data: map[string][]byte{"userID": []byte(c.env.Get("CEPH_CSI_USER")), "userKey": []byte(c.env.Get("CEPH_CSI_KEY"))}}
@@ -445,32 +425,6 @@ func newWorldOn(t *testing.T, c *cluster) (*world, string) {
 		_ = s.Kube.CoreV1().Secrets(opts.RookNamespace).Delete(context.Background(), secret, metav1.DeleteOptions{})
 	})
 	return w, secret
-}
-
-// purgeOnCleanup removes, when the test ends, every image the world left
-// in the shared stack's RADOS namespace (CSI volumes and snapshots, then
-// restore targets and other plain images), so big test volumes do not pile
-// up in the stack's memstore OSD.
-func (w *world) purgeOnCleanup() {
-	t := w.t
-	t.Cleanup(func() {
-		ctx := context.Background()
-		if err := w.sim.CleanupNamespace(ctx, w.id); err != nil {
-			t.Logf("cleanup of namespace %s: %v", w.id, err)
-		}
-		conf, ns := env.Get("CEPH_CONF"), w.sim.Options().Pool+"/"+w.id
-		out, err := exec.Command("rbd", "-c", conf, "ls", ns).Output()
-		if err != nil {
-			t.Logf("rbd ls %s: %v", ns, err)
-			return
-		}
-		for _, img := range strings.Fields(string(out)) {
-			_ = exec.Command("rbd", "-c", conf, "snap", "purge", "--no-progress", ns+"/"+img).Run()
-			if out, err := exec.Command("rbd", "-c", conf, "rm", "--no-progress", ns+"/"+img).CombinedOutput(); err != nil {
-				t.Logf("rbd rm %s/%s: %v: %s", ns, img, err, out)
-			}
-		}
-	})
 }
 
 // volumeWith provisions a volume and fills regions with seed.

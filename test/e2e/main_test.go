@@ -81,8 +81,16 @@ var rookMu sync.Mutex // InstallRook read-modify-writes one ConfigMap
 
 func newWorld(t testing.TB) *world {
 	t.Helper()
+	return newWorldWith(t, env.Get("CEPH_CONF"), env.Monitors(), env.Get("CEPH_CSI_KEY"))
+}
+
+// newWorldWith makes a world on the Ceph cluster of conf, whose monitors
+// and CSI key go into ceph-csi's config and Secret.
+func newWorldWith(t testing.TB, conf string, monitors []string, csiKey string) *world {
+	t.Helper()
 	id := "t" + strings.ReplaceAll(uuid.NewString(), "-", "")[:10]
 	opts := env.Options()
+	opts.CephConf = conf
 	opts.ClusterID = id
 	opts.RadosNamespace = id
 	opts.Driver = id + ".rbd.csi.ceph.com"
@@ -91,11 +99,11 @@ func newWorld(t testing.TB) *world {
 	ctx := context.Background()
 	s, err := sim.New(ctx, opts)
 	if err != nil {
-		t.Fatalf("simulator: %v", err)
+		t.Fatalf("simulator on %s: %v", conf, err)
 	}
 	t.Cleanup(s.Close)
 	rookMu.Lock()
-	err = s.InstallRook(ctx, env.Monitors(), env.Get("CEPH_CSI_USER"), env.Get("CEPH_CSI_KEY"))
+	err = s.InstallRook(ctx, monitors, env.Get("CEPH_CSI_USER"), csiKey)
 	rookMu.Unlock()
 	if err != nil {
 		t.Fatalf("installing Rook objects: %v", err)
@@ -166,6 +174,9 @@ func (w *world) spec(image string) string {
 // purgeImages removes every image of the world's RADOS namespace, trash
 // included. Clones must go before their parents, so it sweeps a few times.
 func (w *world) purgeImages() {
+	if w.sim.Options().CephConf != env.Get("CEPH_CONF") {
+		return // a test's own cluster is wiped whole (and may be gone already)
+	}
 	pool := w.sim.Options().Pool
 	rbd := func(args ...string) string {
 		out, _ := exec.Command("rbd", append([]string{"-c", env.Get("CEPH_CONF")}, args...)...).Output()

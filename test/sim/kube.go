@@ -27,15 +27,6 @@ const (
 	VeleroVSCDeletionPolicyAnnot   = "velero.io/csi-vsc-deletion-policy"
 )
 
-// RookClusterConfig is one entry of Rook's csi-cluster-config-json.
-type RookClusterConfig struct {
-	ClusterID string   `json:"clusterID"`
-	Monitors  []string `json:"monitors"`
-	RBD       struct {
-		RadosNamespace string `json:"radosNamespace"`
-	} `json:"rbd"`
-}
-
 // InstallRook creates or updates the objects a Rook deployment offers a
 // Deployment in the Rook namespace: the ConfigMap rook-ceph-csi-config (its
 // csi-cluster-config-json entry for Options.ClusterID is replaced, other

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/lifeboat-backup/lifeboat/kube"
 	"github.com/lifeboat-backup/lifeboat/rbd/handle"
 	"os"
 	"os/exec"
@@ -739,7 +740,7 @@ func TestInstallRook(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []sim.RookClusterConfig
+	var got []kube.CSICluster // what lifeboat itself parses
 	if err := json.Unmarshal([]byte(cm.Data[sim.RookConfigKey]), &got); err != nil {
 		t.Fatal(err)
 	}

@@ -2,18 +2,23 @@ package objectstore
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 )
 
 // ManifestVersion is the manifest format this package writes and the
-// newest it reads.
-const ManifestVersion = 1
+// newest it reads. Version 2 added Digest and made SHA256 optional: a
+// backup that reuses its parent's chunks without reading them cannot hash
+// the whole stream.
+const ManifestVersion = 2
 
 // maxManifest bounds a decoded manifest: an extent takes about 100 bytes
 // of JSON, so 1 GiB is some 10 million extents (40 TiB of non-zero data at
@@ -25,18 +30,25 @@ const maxManifest = 1 << 30
 // (Ceph fsid, pool, image, snapshot, Kubernetes object names, RBD object
 // order and features, …) and matches on them to find a parent.
 type Summary struct {
-	Version    int               `json:"version"`
-	ID         string            `json:"id"`
-	Repository string            `json:"repository"` // Config.ID
-	Created    time.Time         `json:"created"`
-	Parent     string            `json:"parent,omitempty"`
-	Size       int64             `json:"size"` // image size in bytes
-	ChunkSize  int               `json:"chunk_size"`
-	SHA256     string            `json:"sha256"` // of all Size bytes, holes as zeros
-	Method     string            `json:"method,omitempty"`
-	Source     map[string]string `json:"source,omitempty"`
-	Meta       map[string]string `json:"meta,omitempty"`
-	Stats      Stats             `json:"stats"`
+	Version    int       `json:"version"`
+	ID         string    `json:"id"`
+	Repository string    `json:"repository"` // Config.ID
+	Created    time.Time `json:"created"`
+	Parent     string    `json:"parent,omitempty"`
+	Size       int64     `json:"size"` // image size in bytes
+	ChunkSize  int       `json:"chunk_size"`
+	// SHA256 is of all Size bytes, holes as zeros, when the export read
+	// them all; empty when it reused chunks of its parent unread.
+	SHA256 string `json:"sha256,omitempty"`
+	// Digest (version 2) is ExtentsDigest of the extents. Each chunk's id
+	// is the hash of its content, so the digest is the root of a hash tree
+	// over the whole image: a restore that checks every chunk against its
+	// id and the extents against the digest is proven bit-exact.
+	Digest string            `json:"digest,omitempty"`
+	Method string            `json:"method,omitempty"`
+	Source map[string]string `json:"source,omitempty"`
+	Meta   map[string]string `json:"meta,omitempty"`
+	Stats  Stats             `json:"stats"`
 }
 
 // Stats count what a backup did.
@@ -46,6 +58,9 @@ type Stats struct {
 	BytesStored int64 `json:"bytes_stored"` // encoded bytes uploaded
 	Chunks      int64 `json:"chunks"`       // extents (non-zero chunks)
 	ChunksNew   int64 `json:"chunks_new"`   // chunks uploaded
+	// BytesReused are bytes of chunks taken from the parent backup without
+	// being read again (BackupWriter.Reuse).
+	BytesReused int64 `json:"bytes_reused,omitempty"`
 }
 
 // Manifest describes one backup: the summary plus where the data is.
@@ -71,6 +86,28 @@ func newBackupID(t time.Time) string {
 
 func manifestName(id string) string { return "backups/" + id }
 
+// ExtentsDigest is the hex SHA-256 of the text
+//
+//	lifeboat extents v1\n<size> <chunk size>\n<off> <len> <id>\n…
+//
+// with one line per extent, in order: the root of a two-level hash tree
+// over the image (see Manifest.Digest).
+func ExtentsDigest(size int64, chunkSize int, extents []Extent) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "lifeboat extents v1\n%d %d\n", size, chunkSize)
+	buf := make([]byte, 0, 128)
+	for _, e := range extents {
+		buf = strconv.AppendInt(buf[:0], e.Offset, 10)
+		buf = append(buf, ' ')
+		buf = strconv.AppendInt(buf, e.Length, 10)
+		buf = append(buf, ' ')
+		buf = hex.AppendEncode(buf, e.ID[:])
+		buf = append(buf, '\n')
+		h.Write(buf)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
 func (r *Repository) saveManifest(ctx context.Context, m *Manifest) error {
 	data, err := json.Marshal(m)
 	if err != nil {
@@ -89,7 +126,7 @@ func (r *Repository) LoadBackup(ctx context.Context, id string) (*Manifest, erro
 	if err := m.check(r.cfg.ChunkSize); err != nil {
 		return nil, fmt.Errorf("%w: backup %s: %v", ErrCorrupt, id, err)
 	}
-	return m, nil
+	return m, m.checkDigest()
 }
 
 // loadManifest decodes backup id into v, a *Manifest or a *Summary (which
@@ -135,10 +172,15 @@ func (r *Repository) loadManifest(ctx context.Context, id string, v any) error {
 }
 
 // check verifies that extents are sorted, disjoint, chunk-aligned and
-// inside the image, so readers can trust them.
+// inside the image, and match the digest, so readers can trust them.
 func (m *Manifest) check(chunkSize int) error {
-	if m.ChunkSize != chunkSize {
+	switch {
+	case m.ChunkSize != chunkSize:
 		return fmt.Errorf("chunk size %d, repository uses %d", m.ChunkSize, chunkSize)
+	case m.Version >= 2 && m.Digest == "":
+		return errors.New("no extents digest")
+	case m.Digest == "" && m.SHA256 == "":
+		return errors.New("no checksum")
 	}
 	next := int64(0)
 	for _, e := range m.Extents {
@@ -147,6 +189,18 @@ func (m *Manifest) check(chunkSize int) error {
 			return fmt.Errorf("bad extent at offset %d length %d", e.Offset, e.Length)
 		}
 		next = e.Offset + e.Length
+	}
+	return nil
+}
+
+// checkDigest compares the extents with the manifest's digest, if it has one.
+func (m *Manifest) checkDigest() error {
+	if m.Digest == "" {
+		return nil
+	}
+	if got := ExtentsDigest(m.Size, m.ChunkSize, m.Extents); got != m.Digest {
+		return fmt.Errorf("%w: backup %s: its extents hash to %s, the manifest says %s",
+			ErrChecksumMismatch, m.ID, got, m.Digest)
 	}
 	return nil
 }

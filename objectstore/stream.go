@@ -15,10 +15,12 @@ import (
 //
 // Up to parallel chunks (default DefaultParallel) are fetched ahead. A
 // missing or damaged chunk fails with a *ChunkError naming it and its
-// offset. Once every extent has been passed to fn, the whole stream (holes
-// as zeros) is checked against the manifest's SHA-256; a mismatch returns
-// an error wrapping ErrChecksumMismatch, and whatever fn wrote must then be
-// treated as bad.
+// offset. Every chunk is checked against its id, and the extents against
+// the manifest's digest before the first call to fn: together they prove
+// the stream bit-exact. A version 1 manifest, which has no digest, is
+// checked against its whole-stream SHA-256 once every extent has been
+// passed to fn; a mismatch returns an error wrapping ErrChecksumMismatch,
+// and whatever fn wrote must then be treated as bad.
 func (r *Repository) Stream(ctx context.Context, m *Manifest, parallel int, fn func(off int64, data []byte) error) error {
 	return r.stream(ctx, m, parallel, fn, false)
 }
@@ -48,6 +50,9 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 	if err := m.check(r.cfg.ChunkSize); err != nil {
 		return fmt.Errorf("%w: backup %s: %v", ErrCorrupt, m.ID, err)
 	}
+	if err := m.checkDigest(); err != nil {
+		return err
+	}
 	if parallel <= 0 {
 		parallel = DefaultParallel
 	}
@@ -76,7 +81,10 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 		}
 	}()
 
-	s := &streamer{h: sha256.New(), fn: fn, fill: fill}
+	s := &streamer{fn: fn, fill: fill}
+	if m.Digest == "" {
+		s.h = sha256.New()
+	}
 	i := 0
 	for ch := range pending {
 		e := m.Extents[i]
@@ -88,7 +96,9 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 		if err := s.zeros(e.Offset); err != nil {
 			return err
 		}
-		s.h.Write(got.data)
+		if s.h != nil {
+			s.h.Write(got.data)
+		}
 		if err := fn(e.Offset, got.data); err != nil {
 			return err
 		}
@@ -100,6 +110,9 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 	if err := s.zeros(m.Size); err != nil {
 		return err
 	}
+	if s.h == nil {
+		return nil
+	}
 	if sum := hex.EncodeToString(s.h.Sum(nil)); sum != m.SHA256 {
 		return fmt.Errorf("%w: backup %s: restored image hashes to %s, the manifest says %s",
 			ErrChecksumMismatch, m.ID, sum, m.SHA256)
@@ -107,9 +120,10 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 	return nil
 }
 
-// streamer hashes the image as it goes and fills holes if asked.
+// streamer hashes the image as it goes (version 1 manifests) and fills
+// holes if asked.
 type streamer struct {
-	h    hash.Hash
+	h    hash.Hash // nil: no whole-stream hash needed
 	fn   func(int64, []byte) error
 	fill bool
 	next int64
@@ -119,7 +133,9 @@ type streamer struct {
 func (s *streamer) zeros(to int64) error {
 	for s.next < to {
 		n := min(to-s.next, int64(len(zeros)))
-		s.h.Write(zeros[:n])
+		if s.h != nil {
+			s.h.Write(zeros[:n])
+		}
 		if s.fill {
 			if err := s.fn(s.next, zeros[:n]); err != nil {
 				return err
@@ -129,6 +145,13 @@ func (s *streamer) zeros(to int64) error {
 	}
 	return nil
 }
+
+// ReadChunk downloads, decodes and verifies the chunk of extent e: for an
+// exporter that patches a chunk of its parent backup.
+func (r *Repository) ReadChunk(ctx context.Context, e Extent) ([]byte, error) { return r.fetch(ctx, e) }
+
+// ChunkID is the id this repository gives data.
+func (r *Repository) ChunkID(data []byte) ChunkID { return r.keys.id(data) }
 
 // fetch downloads, decodes and verifies the chunk of extent e.
 func (r *Repository) fetch(ctx context.Context, e Extent) ([]byte, error) {

@@ -79,12 +79,29 @@ func TestStreamChecksumMismatch(t *testing.T) {
 	if err := r.Verify(ctx, &holed, 2); !errors.Is(err, ErrChecksumMismatch) {
 		t.Fatalf("dropped extent: %v", err)
 	}
-	// A stale or wrong checksum.
+	// A stale or wrong digest.
 	bad := *m
-	bad.SHA256 = sha([]byte("something else"))
+	bad.Digest = sha([]byte("something else"))
 	err := r.Verify(ctx, &bad, 2)
-	if !errors.Is(err, ErrChecksumMismatch) || !strings.Contains(err.Error(), bad.SHA256) {
-		t.Fatalf("wrong checksum: %v", err)
+	if !errors.Is(err, ErrChecksumMismatch) || !strings.Contains(err.Error(), bad.Digest) {
+		t.Fatalf("wrong digest: %v", err)
+	}
+	// A version 1 manifest has only the whole-stream SHA-256.
+	v1 := *m
+	v1.Version, v1.Digest = 1, ""
+	if err := r.Verify(ctx, &v1, 2); err != nil {
+		t.Fatalf("version 1 manifest: %v", err)
+	}
+	v1.SHA256 = sha([]byte("something else"))
+	err = r.Verify(ctx, &v1, 2)
+	if !errors.Is(err, ErrChecksumMismatch) || !strings.Contains(err.Error(), v1.SHA256) {
+		t.Fatalf("version 1, wrong checksum: %v", err)
+	}
+	// A version 2 manifest must have a digest.
+	v2 := *m
+	v2.Digest = ""
+	if err := r.Verify(ctx, &v2, 2); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("version 2 without digest: %v", err)
 	}
 }
 

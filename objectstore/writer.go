@@ -35,18 +35,19 @@ type BackupOptions struct {
 // with chunk-aligned, ascending offsets; the work after hashing the stream
 // runs on Parallel background workers. Not safe for concurrent use.
 //
-// Every byte of the image must pass through Write (or be a gap, which is
-// zeros): the manifest's SHA-256 is of the whole stream and SHA-256 cannot
-// be computed without the data. Unchanged chunks cost no upload: their id is
-// found among the parent's chunks (or, failing that, by a HEAD).
+// Unchanged chunks cost no upload: their id is found among the parent's
+// chunks (or, failing that, by a HEAD). A chunk known unchanged without
+// reading it (Ceph said so) is passed to Reuse instead of Write; the
+// manifest then has no whole-stream SHA-256, which needs every byte, only
+// the extents digest.
 type BackupWriter struct {
 	r        *Repository
 	m        Manifest
 	chunk    int64
 	progress func(Stats)
 
-	stream  hash.Hash
-	next    int64     // offset up to which the stream is hashed
+	stream  hash.Hash // nil once a chunk was reused unread
+	next    int64     // offset up to which the stream is covered
 	extents []*Extent // IDs are filled in by the workers
 
 	ctx    context.Context // ends when the backup fails or is aborted
@@ -56,10 +57,11 @@ type BackupWriter struct {
 	wg     sync.WaitGroup
 	closed bool
 
-	mu    sync.Mutex
-	known map[ChunkID]bool // stored already, or claimed by a worker
+	mu     sync.Mutex
+	known  map[ChunkID]bool // stored already, or claimed by a worker
+	parent map[ChunkID]bool // the parent's chunks, which Reuse may add
 
-	bytesRead, chunks, bytesNew, bytesStored, chunksNew atomic.Int64
+	bytesRead, chunks, bytesNew, bytesStored, chunksNew, bytesReused atomic.Int64
 }
 
 type job struct {
@@ -93,8 +95,10 @@ func (r *Repository) NewBackup(ctx context.Context, opt BackupOptions) (*BackupW
 			return nil, fmt.Errorf("parent backup %s is from another repository", p.ID)
 		}
 		w.m.Parent = p.ID
+		w.parent = make(map[ChunkID]bool, len(p.Extents))
 		for _, e := range p.Extents {
 			w.known[e.ID] = true
+			w.parent[e.ID] = true
 		}
 	}
 	w.ctx, w.cancel = context.WithCancelCause(ctx)
@@ -104,6 +108,15 @@ func (r *Repository) NewBackup(ctx context.Context, opt BackupOptions) (*BackupW
 		go w.worker()
 	}
 	return w, nil
+}
+
+// SetMeta adds a fact to the manifest's meta, for facts known only at the
+// end (how much was read, …).
+func (w *BackupWriter) SetMeta(key, value string) {
+	if w.m.Meta == nil {
+		w.m.Meta = map[string]string{}
+	}
+	w.m.Meta[key] = value
 }
 
 // ID is the id the backup will have once committed.
@@ -127,8 +140,10 @@ func (w *BackupWriter) Write(ctx context.Context, off int64, data []byte) error 
 			return err
 		}
 	}
-	hashZeros(w.stream, off-w.next)
-	w.stream.Write(data)
+	if w.stream != nil {
+		hashZeros(w.stream, off-w.next)
+		w.stream.Write(data)
+	}
 	w.next = off + int64(len(data))
 	w.bytesRead.Add(int64(len(data)))
 	if !hole {
@@ -137,6 +152,27 @@ func (w *BackupWriter) Write(ctx context.Context, off int64, data []byte) error 
 		w.chunks.Add(1)
 		w.jobs <- job{e, append(buf[:0], data...)} // never blocks: len(jobs) ≤ buffers
 	}
+	if w.progress != nil {
+		w.progress(w.Stats())
+	}
+	return nil
+}
+
+// Reuse adds extent e of the parent backup, unread: the caller knows the
+// image did not change there since the parent was taken. It follows the
+// same ordering rules as Write.
+func (w *BackupWriter) Reuse(e Extent) error {
+	if err := w.check(e.Offset, e.Length); err != nil {
+		return err
+	}
+	if !w.parent[e.ID] { // read-only after NewBackup
+		return fmt.Errorf("reusing chunk %s at offset %d: not a chunk of the parent backup", e.ID, e.Offset)
+	}
+	w.stream = nil
+	w.next = e.Offset + e.Length
+	w.extents = append(w.extents, &e)
+	w.chunks.Add(1)
+	w.bytesReused.Add(e.Length)
 	if w.progress != nil {
 		w.progress(w.Stats())
 	}
@@ -231,7 +267,7 @@ func (w *BackupWriter) claim(id ChunkID) bool {
 func (w *BackupWriter) Stats() Stats {
 	return Stats{
 		BytesRead: w.bytesRead.Load(), BytesNew: w.bytesNew.Load(), BytesStored: w.bytesStored.Load(),
-		Chunks: w.chunks.Load(), ChunksNew: w.chunksNew.Load(),
+		Chunks: w.chunks.Load(), ChunksNew: w.chunksNew.Load(), BytesReused: w.bytesReused.Load(),
 	}
 }
 
@@ -247,13 +283,16 @@ func (w *BackupWriter) Commit(ctx context.Context) (*Manifest, error) {
 	if w.ctx.Err() != nil {
 		return nil, fmt.Errorf("backup %s failed, no manifest written: %w", w.m.ID, context.Cause(w.ctx))
 	}
-	hashZeros(w.stream, w.m.Size-w.next)
-	w.m.SHA256 = hex.EncodeToString(w.stream.Sum(nil))
+	if w.stream != nil {
+		hashZeros(w.stream, w.m.Size-w.next)
+		w.m.SHA256 = hex.EncodeToString(w.stream.Sum(nil))
+	}
 	w.m.Stats = w.Stats()
 	w.m.Extents = make([]Extent, len(w.extents))
 	for i, e := range w.extents {
 		w.m.Extents[i] = *e
 	}
+	w.m.Digest = ExtentsDigest(w.m.Size, w.m.ChunkSize, w.m.Extents)
 	if err := w.r.saveManifest(ctx, &w.m); err != nil {
 		return nil, fmt.Errorf("writing manifest of backup %s: %w", w.m.ID, err)
 	}

@@ -338,3 +338,53 @@ func TestFailedWriteChangesNothing(t *testing.T) {
 		t.Fatalf("Commit: %v, %+v", err, m)
 	}
 }
+
+// TestReuse: an incremental that reuses its parent's unchanged chunks
+// unread restores exactly, has no whole-stream SHA-256 but a digest equal
+// to that of a backup that read everything, and refuses foreign chunks.
+func TestReuse(t *testing.T) {
+	ctx := context.Background()
+	for _, key := range [][]byte{nil, []byte("k")} {
+		r := newRepo(t, NewMemory(), key)
+		first := image(1, "rrzrt", 100)
+		m1 := backup(t, r, first, BackupOptions{})
+		second := bytes.Clone(first)
+		copy(second[1*testChunk:], image(9, "r", 0))
+		full := backup(t, r, second, BackupOptions{Parent: m1})
+
+		w, err := r.NewBackup(ctx, BackupOptions{Size: int64(len(second)), Parent: m1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		must := func(err error) {
+			t.Helper()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		must(w.Reuse(m1.Extents[0]))
+		must(w.Write(ctx, testChunk, second[testChunk:2*testChunk]))
+		must(w.Reuse(m1.Extents[2])) // offset 3 chunks: the hole at 2 stays a hole
+		if err := w.Reuse(m1.Extents[0]); err == nil {
+			t.Error("Reuse accepted a descending offset")
+		}
+		foreign := Extent{Offset: 4 * testChunk, Length: 100, ID: sha256ID([]byte("x"))}
+		if err := w.Reuse(foreign); err == nil || !strings.Contains(err.Error(), "not a chunk of the parent") {
+			t.Errorf("Reuse of a foreign chunk: %v", err)
+		}
+		must(w.Reuse(m1.Extents[3]))
+		m2, err := w.Commit(ctx)
+		must(err)
+		if m2.SHA256 != "" || m2.Digest != full.Digest || m2.Stats.BytesReused != 2*testChunk+100 {
+			t.Errorf("sha256 %q, digest %s (full backup: %s), reused %d", m2.SHA256, m2.Digest, full.Digest, m2.Stats.BytesReused)
+		}
+		got, err := restore(r, m2)
+		if err != nil || !bytes.Equal(got, second) {
+			t.Fatalf("restore of the reusing backup: %v, equal %v", err, bytes.Equal(got, second))
+		}
+		loaded, err := r.LoadBackup(ctx, m2.ID)
+		if err != nil || loaded.Digest != m2.Digest {
+			t.Fatalf("LoadBackup: %v", err)
+		}
+	}
+}

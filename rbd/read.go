@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"hash"
 	"math/bits"
+	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ceph/go-ceph/rados"
 	librbd "github.com/ceph/go-ceph/rbd"
@@ -20,9 +22,14 @@ import (
 type SnapshotReader struct {
 	Spec  string
 	Size  uint64
+	snap  string
 	img   *librbd.Image
 	ioctx *rados.IOContext
+	read  atomic.Uint64 // bytes read from Ceph
 }
+
+// BytesRead is how many bytes were read from Ceph so far.
+func (r *SnapshotReader) BytesRead() uint64 { return r.read.Load() }
 
 // OpenSnapshot opens pool/ns/image@snap read-only.
 func (c *Cluster) OpenSnapshot(pool, namespace, image, snap string) (*SnapshotReader, error) {
@@ -45,7 +52,7 @@ func (c *Cluster) OpenSnapshot(pool, namespace, image, snap string) (*SnapshotRe
 		ioctx.Destroy()
 		return nil, fmt.Errorf("size of %s: %w", spec, err)
 	}
-	return &SnapshotReader{Spec: spec, Size: size, img: img, ioctx: ioctx}, nil
+	return &SnapshotReader{Spec: spec, Size: size, snap: snap, img: img, ioctx: ioctx}, nil
 }
 
 // Close releases the image.
@@ -67,6 +74,12 @@ type Bitmap struct {
 func NewBitmap(size, chunk uint64) Bitmap {
 	n := (size + chunk - 1) / chunk
 	return Bitmap{Chunk: chunk, N: n, words: make([]uint64, (n+63)/64)}
+}
+
+// Clone returns an independent copy.
+func (b Bitmap) Clone() Bitmap {
+	b.words = slices.Clone(b.words)
+	return b
 }
 
 // Set marks i.
@@ -119,7 +132,9 @@ func (r *SnapshotReader) Allocated(chunk uint64) (Bitmap, error) {
 
 // ReadAt reads at off; it is safe for concurrent use.
 func (r *SnapshotReader) ReadAt(p []byte, off int64) (int, error) {
-	return r.img.ReadAt(p, off)
+	n, err := r.img.ReadAt(p, off)
+	r.read.Add(uint64(n))
+	return n, err
 }
 
 // Chunk is one chunk read from an image; Data is only valid until the
@@ -138,11 +153,18 @@ func (r *SnapshotReader) ReadChunks(ctx context.Context, bm Bitmap, parallel int
 }
 
 func (r *SnapshotReader) readChunk(c *Chunk) error {
-	n, err := r.img.ReadAt(c.Data, int64(c.Off))
+	n, err := r.ReadAt(c.Data, int64(c.Off))
 	if err != nil && n < len(c.Data) {
 		return fmt.Errorf("reading %s at offset %d: %w", r.Spec, c.Off, err)
 	}
 	return nil
+}
+
+// ReadChunksFunc is ReadChunks for chunks that read fills in some other
+// way (from several sources): read gets a chunk whose Data is a buffer of
+// the chunk's length, to be filled.
+func ReadChunksFunc(ctx context.Context, bm Bitmap, size uint64, parallel int, read func(*Chunk) error, fn func(Chunk) error) error {
+	return orderedChunks(ctx, bm, size, parallel, read, fn)
 }
 
 // orderedChunks runs read on the marked chunks in parallel and delivers

@@ -91,11 +91,16 @@ func printSummary(cmd *cobra.Command, m *objectstore.Manifest) {
 	kv("Parent", m.Parent)
 	kv("Method", m.Method)
 	kv("Size", fmt.Sprintf("%s (%d bytes)", bytesIEC(uint64(m.Size)), m.Size))
-	kv("SHA-256", m.SHA256)
+	if m.SHA256 != "" {
+		kv("SHA-256", m.SHA256)
+	}
+	if m.Digest != "" {
+		kv("Digest", m.Digest)
+	}
 	kv("Chunk size", bytesIEC(uint64(m.ChunkSize)))
 	kv("Chunks", fmt.Sprintf("%d (%d new)", m.Stats.Chunks, m.Stats.ChunksNew))
-	kv("Bytes read/new/stored", fmt.Sprintf("%s / %s / %s", bytesIEC(uint64(m.Stats.BytesRead)),
-		bytesIEC(uint64(m.Stats.BytesNew)), bytesIEC(uint64(m.Stats.BytesStored))))
+	kv("Bytes read/reused/new/stored", fmt.Sprintf("%s / %s / %s / %s", bytesIEC(uint64(m.Stats.BytesRead)),
+		bytesIEC(uint64(m.Stats.BytesReused)), bytesIEC(uint64(m.Stats.BytesNew)), bytesIEC(uint64(m.Stats.BytesStored))))
 	kv("Source", sourceSpec(m.Summary))
 	for _, k := range sortedKeys(m.Source) {
 		kv("  "+k, m.Source[k])

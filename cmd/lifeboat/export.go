@@ -146,18 +146,26 @@ type exportJSON struct {
 	Chunks      int64   `json:"chunks"`
 	ChunksNew   int64   `json:"chunksNew"`
 	Seconds     float64 `json:"seconds"`
+	Path        string  `json:"path"`
+	Fallback    string  `json:"fallback,omitempty"`
 }
 
 func printExport(cmd *cobra.Command, g *globals, res *backup.Result) error {
 	s := res.Manifest.Stats
-	out := exportJSON{ID: res.Manifest.ID, BytesRead: s.BytesRead, BytesNew: s.BytesNew, BytesStored: s.BytesStored,
-		Chunks: s.Chunks, ChunksNew: s.ChunksNew, Seconds: res.Seconds}
+	out := exportJSON{ID: res.Manifest.ID, BytesRead: int64(res.CephBytesRead), BytesNew: s.BytesNew,
+		BytesStored: s.BytesStored, Chunks: s.Chunks, ChunksNew: s.ChunksNew, Seconds: res.Seconds,
+		Path: res.Path, Fallback: res.Fallback}
 	if ok, err := printStructured(cmd.OutOrStdout(), g.output, out); ok {
 		return err
 	}
 	fmt.Fprintln(cmd.OutOrStdout(), out.ID)
-	fmt.Fprintf(cmd.ErrOrStderr(), "read %s, new %s, stored %s (%d of %d chunks new) in %.1fs\n",
-		bytesIEC(uint64(s.BytesRead)), bytesIEC(uint64(s.BytesNew)), bytesIEC(uint64(s.BytesStored)), s.ChunksNew, s.Chunks, res.Seconds)
+	how := res.Path
+	if res.Fallback != "" {
+		how += ", no diff: " + res.Fallback
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "%s: read %s from Ceph, new %s, stored %s (%d of %d chunks new) in %.1fs\n",
+		how, bytesIEC(res.CephBytesRead), bytesIEC(uint64(s.BytesNew)), bytesIEC(uint64(s.BytesStored)),
+		s.ChunksNew, s.Chunks, res.Seconds)
 	return nil
 }
 

@@ -4,9 +4,11 @@
 package backup
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -33,9 +35,20 @@ const (
 	KeyPVC            = "pvc"
 	KeyVeleroBackup   = "veleroBackup"
 	KeyHandle         = "snapshotHandle"
+	// The snapshot's and its parent's ids, which the next export diffs from.
+	KeySnapID          = "snapID"
+	KeyParentPoolID    = "parentPoolID"
+	KeyParentNamespace = "parentNamespace"
+	KeyParentImageID   = "parentImageID"
+	KeyParentSnapID    = "parentSnapID"
 
-	MetaFeatures = "features"
-	MetaOrder    = "order"
+	MetaFeatures      = "features"
+	MetaOrder         = "order"
+	MetaPath          = "path"          // Path* constant
+	MetaFallback      = "fallback"      // Fallback* constant, if any
+	MetaCephBytesRead = "cephBytesRead" // data bytes read from Ceph
+	MetaOwnBytes      = "cloneOwnBytes" // data the clone holds itself
+	MetaOverlap       = "parentOverlap" // bytes of the clone its parent covers
 )
 
 // Source is a snapshot to export.
@@ -72,7 +85,7 @@ func CSISource(s kube.Snapshot, h string, ref rbd.Ref, cl *rbd.Cluster) Source {
 type Options struct {
 	Parallel int     // Ceph readers and S3 uploads at once (default 8)
 	Full     bool    // ignore the previous backup (no incremental)
-	Planner  Planner // which chunks to read; default AllocatedPlanner
+	Planner  Planner // where chunks come from; default DiffPlanner
 	Progress func(done objectstore.Stats, total uint64)
 }
 
@@ -80,31 +93,14 @@ type Options struct {
 type Result struct {
 	Manifest *objectstore.Manifest
 	Seconds  float64
+	Path     string // PathFull, PathHash, PathDiffByID or PathDiffByName
+	Fallback string // why an incremental did not diff, or ""
+	// CephBytesRead is what was read from Ceph (data, not metadata).
+	CephBytesRead uint64
 }
 
 // DefaultParallel is the default number of chunks read and uploaded at once.
 const DefaultParallel = 8
-
-// A Planner decides which chunks of a snapshot to read. Full-allocated
-// reads every allocated chunk; an incremental against a parent backup
-// reads the same and lets the repository skip unchanged chunks by hash
-// (Pacific); Ceph's own diff across snapshots (Reef) plugs in here too.
-type Planner interface {
-	Plan(r *rbd.SnapshotReader, chunk uint64, parent *objectstore.Manifest) (rbd.Bitmap, string, error)
-}
-
-// AllocatedPlanner reads every allocated chunk, parents included.
-type AllocatedPlanner struct{}
-
-// Plan implements Planner.
-func (AllocatedPlanner) Plan(r *rbd.SnapshotReader, chunk uint64, parent *objectstore.Manifest) (rbd.Bitmap, string, error) {
-	bm, err := r.Allocated(chunk)
-	method := "full: allocated extents"
-	if parent != nil {
-		method = "incremental: allocated extents, unchanged chunks found by hash against " + parent.ID
-	}
-	return bm, method, err
-}
 
 // Export reads src's snapshot through the clone and its parents and writes
 // it to repo as a new backup. The manifest is written only once every chunk
@@ -115,6 +111,9 @@ func Export(ctx context.Context, repo *objectstore.Repository, src Source, opts 
 	if opts.Parallel <= 0 {
 		opts.Parallel = DefaultParallel
 	}
+	if opts.Planner == nil {
+		opts.Planner = DiffPlanner{}
+	}
 	r, err := src.Cluster.OpenSnapshot(src.Ref.Pool, src.Ref.Namespace, src.Ref.Image, src.Ref.Snapshot)
 	if err != nil {
 		return nil, err
@@ -124,40 +123,164 @@ func Export(ctx context.Context, repo *objectstore.Repository, src Source, opts 
 	if err != nil {
 		return nil, err
 	}
+	snap, err := describe(src.Cluster, r)
+	if err != nil {
+		return nil, err
+	}
 	parent, err := previous(ctx, repo, src, opts)
 	if err != nil {
 		return nil, err
 	}
 	chunk := uint64(repo.Config().ChunkSize)
-	if opts.Planner == nil {
-		opts.Planner = AllocatedPlanner{}
-	}
-	bm, method, err := opts.Planner.Plan(r, chunk, parent)
+	plan, err := opts.Planner.Plan(ctx, snap, parent, chunk)
 	if err != nil {
 		return nil, err
 	}
+	if plan.Fallback != "" {
+		slog.Warn("incremental export cannot diff: reading every allocated chunk", "snapshot", r.Spec,
+			"reason", plan.Fallback, "previous", parent.ID)
+	}
 	w, err := repo.NewBackup(ctx, objectstore.BackupOptions{
-		Size: int64(r.Size), Parent: parent, Method: method, Parallel: opts.Parallel,
-		Source: sourceMap(src, info), Meta: metaMap(info),
-		Progress: progress(opts.Progress, bm.Count()*chunk),
+		Size: int64(r.Size), Parent: parent, Method: plan.Method, Parallel: opts.Parallel,
+		Source: sourceMap(src, info, snap), Meta: metaMap(info, snap, plan),
+		Progress: progress(opts.Progress, plan.size(chunk, r.Size)),
 	})
 	if err != nil {
 		return nil, err
 	}
 	defer w.Abort()
-	slog.Info("exporting", "snapshot", r.Spec, "backup", w.ID(), "method", method,
-		"chunks", bm.Count(), "parallel", opts.Parallel)
-	err = r.ReadChunks(ctx, bm, opts.Parallel, func(c rbd.Chunk) error {
-		return w.Write(ctx, int64(c.Off), c.Data)
-	})
-	if err != nil {
+	slog.Info("exporting", "snapshot", r.Spec, "backup", w.ID(), "path", plan.Path,
+		"chunksRead", plan.Read.Count(), "chunksPatched", len(plan.Patch), "parallel", opts.Parallel)
+	if err := run(ctx, repo, w, r, plan, parent, opts.Parallel); err != nil {
 		return nil, fmt.Errorf("exporting %s: %w", r.Spec, err)
 	}
+	w.SetMeta(MetaCephBytesRead, strconv.FormatUint(r.BytesRead(), 10))
 	m, err := w.Commit(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("exporting %s: %w", r.Spec, err)
 	}
-	return &Result{Manifest: m, Seconds: time.Since(start).Seconds()}, nil
+	return &Result{Manifest: m, Seconds: time.Since(start).Seconds(), Path: plan.Path,
+		Fallback: plan.Fallback, CephBytesRead: r.BytesRead()}, nil
+}
+
+// describe reads the identity of the snapshot that the next export will
+// need to diff against this one.
+func describe(cl *rbd.Cluster, r *rbd.SnapshotReader) (*Snapshot, error) {
+	s := &Snapshot{Reader: r, Cluster: cl}
+	var err error
+	if s.ImageID, err = r.ImageID(); err != nil {
+		return nil, err
+	}
+	if s.SnapID, err = r.SnapID(); err != nil {
+		return nil, err
+	}
+	if s.Origin, err = r.Origin(); err != nil || s.Origin == nil {
+		return s, err
+	}
+	err = r.OwnData(func(_, n uint64) { s.OwnBytes += n })
+	return s, err
+}
+
+// size is how many bytes of chunks the plan passes to the writer.
+func (p *Plan) size(chunk, imageSize uint64) uint64 {
+	return min((p.Read.Count()+uint64(len(p.Patch)))*chunk, imageSize)
+}
+
+// run carries out the plan: chunks read whole or patched, in parallel,
+// handed to the writer in order, with the parent's unchanged chunks
+// reused in between.
+func run(ctx context.Context, repo *objectstore.Repository, w *objectstore.BackupWriter, r *rbd.SnapshotReader,
+	plan *Plan, parent *objectstore.Manifest, parallel int) error {
+	if !plan.Reuse {
+		return r.ReadChunks(ctx, plan.Read, parallel, func(c rbd.Chunk) error {
+			return w.Write(ctx, int64(c.Off), c.Data)
+		})
+	}
+	todo := plan.Read.Clone()
+	for i := range plan.Patch {
+		todo.Set(i)
+	}
+	reuse := reuser{w: w, todo: todo, extents: parent.Extents}
+	read := func(c *rbd.Chunk) error {
+		spans, ok := plan.Patch[c.Index]
+		if !ok {
+			return readWhole(r, c)
+		}
+		return patch(ctx, repo, r, parent, c, spans)
+	}
+	err := rbd.ReadChunksFunc(ctx, todo, r.Size, parallel, read, func(c rbd.Chunk) error {
+		if err := reuse.until(int64(c.Off)); err != nil {
+			return err
+		}
+		return w.Write(ctx, int64(c.Off), c.Data)
+	})
+	if err != nil {
+		return err
+	}
+	return reuse.until(int64(r.Size))
+}
+
+func readWhole(r *rbd.SnapshotReader, c *rbd.Chunk) error {
+	n, err := r.ReadAt(c.Data, int64(c.Off))
+	if err != nil && n < len(c.Data) {
+		return fmt.Errorf("reading %s at offset %d: %w", r.Spec, c.Off, err)
+	}
+	return nil
+}
+
+// patch builds chunk c from the parent backup's chunk at the same offset
+// (zeros if it had none) with the changed spans read from Ceph.
+func patch(ctx context.Context, repo *objectstore.Repository, r *rbd.SnapshotReader, parent *objectstore.Manifest,
+	c *rbd.Chunk, spans []Span) error {
+	clear(c.Data)
+	if e, ok := extentAt(parent.Extents, int64(c.Off)); ok {
+		if e.Length != int64(len(c.Data)) {
+			return readWhole(r, c) // the image was resized
+		}
+		data, err := repo.ReadChunk(ctx, e)
+		if err != nil {
+			return fmt.Errorf("reading the previous backup's chunk to patch: %w", err)
+		}
+		copy(c.Data, data)
+	}
+	for _, s := range spans {
+		b := c.Data[s.Off-c.Off : s.Off-c.Off+s.Len]
+		if n, err := r.ReadAt(b, int64(s.Off)); err != nil && n < len(b) {
+			return fmt.Errorf("reading %s at offset %d: %w", r.Spec, s.Off, err)
+		}
+	}
+	return nil
+}
+
+func extentAt(extents []objectstore.Extent, off int64) (objectstore.Extent, bool) {
+	i, ok := slices.BinarySearchFunc(extents, off, func(e objectstore.Extent, off int64) int { return cmp.Compare(e.Offset, off) })
+	if !ok {
+		return objectstore.Extent{}, false
+	}
+	return extents[i], true
+}
+
+// reuser hands the parent's extents that the plan leaves alone to the
+// writer, in offset order.
+type reuser struct {
+	w       *objectstore.BackupWriter
+	todo    rbd.Bitmap
+	extents []objectstore.Extent
+	next    int
+}
+
+// until reuses the parent's untouched extents that start before off.
+func (u *reuser) until(off int64) error {
+	for ; u.next < len(u.extents) && u.extents[u.next].Offset < off; u.next++ {
+		e := u.extents[u.next]
+		if u.todo.Has(uint64(e.Offset) / u.todo.Chunk) {
+			continue
+		}
+		if err := u.w.Reuse(e); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func progress(fn func(objectstore.Stats, uint64), total uint64) func(objectstore.Stats) {
@@ -178,14 +301,20 @@ func previous(ctx context.Context, repo *objectstore.Repository, src Source, opt
 	})
 }
 
-func sourceMap(src Source, info *rbd.ImageInfo) map[string]string {
+func sourceMap(src Source, info *rbd.ImageInfo, snap *Snapshot) map[string]string {
 	m := map[string]string{
 		KeyFSID: src.Cluster.FSID, KeyClusterID: src.Ref.ClusterID, KeyPool: src.Ref.Pool,
 		KeyNamespace: src.Ref.Namespace, KeyImage: src.Ref.Image, KeySnapshot: src.Ref.Snapshot,
-		KeyImageID: info.ID, KeyLineage: src.Lineage,
+		KeyImageID: snap.ImageID, KeySnapID: strconv.FormatUint(snap.SnapID, 10), KeyLineage: src.Lineage,
 	}
 	if info.Parent != nil {
 		m[KeyParent] = info.Parent.Spec()
+	}
+	if o := snap.Origin; o != nil {
+		m[KeyParentPoolID] = strconv.FormatUint(o.PoolID, 10)
+		m[KeyParentNamespace] = o.Namespace
+		m[KeyParentImageID] = o.ImageID
+		m[KeyParentSnapID] = strconv.FormatUint(o.SnapID, 10)
 	}
 	for k, v := range src.Labels {
 		if v != "" {
@@ -193,16 +322,25 @@ func sourceMap(src Source, info *rbd.ImageInfo) map[string]string {
 		}
 	}
 	for k, v := range m {
-		if v == "" {
+		if v == "" && k != KeyParentNamespace {
 			delete(m, k)
 		}
 	}
 	return m
 }
 
-func metaMap(info *rbd.ImageInfo) map[string]string {
-	return map[string]string{
+func metaMap(info *rbd.ImageInfo, snap *Snapshot, plan *Plan) map[string]string {
+	m := map[string]string{
 		MetaFeatures: strings.Join(info.FeatureNames(), ","),
 		MetaOrder:    strconv.Itoa(info.Order),
+		MetaPath:     plan.Path,
+		MetaOwnBytes: strconv.FormatUint(snap.OwnBytes, 10),
 	}
+	if snap.Origin != nil {
+		m[MetaOverlap] = strconv.FormatUint(snap.Origin.Overlap, 10)
+	}
+	if plan.Fallback != "" {
+		m[MetaFallback] = plan.Fallback
+	}
+	return m
 }

@@ -85,7 +85,7 @@ func Restore(ctx context.Context, repo *objectstore.Repository, m *objectstore.M
 		return err
 	}
 	if opts.ReadBack {
-		if err := readBack(ctx, t, m, opts.Parallel); err != nil {
+		if err := readBack(ctx, repo, t, m, opts.Parallel); err != nil {
 			return err
 		}
 	}
@@ -95,21 +95,40 @@ func Restore(ctx context.Context, repo *objectstore.Repository, m *objectstore.M
 	return nil
 }
 
-func readBack(ctx context.Context, t Target, m *objectstore.Manifest, parallel int) error {
+// readBack reads the restored image from Ceph and compares it, chunk by
+// chunk, with the backup's extents: each non-zero chunk must be the
+// extent at its offset, with the same id.
+func readBack(ctx context.Context, repo *objectstore.Repository, t Target, m *objectstore.Manifest, parallel int) error {
 	r, err := t.Cluster.OpenSnapshot(t.Pool, t.Namespace, t.Image, "")
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	got, err := r.SHA256(ctx, uint64(m.ChunkSize), parallel)
+	bm, err := r.Allocated(uint64(m.ChunkSize))
 	if err != nil {
-		return fmt.Errorf("reading back %s: %w", t.spec(), err)
+		return err
 	}
-	if got != m.SHA256 {
-		return fmt.Errorf("%s reads back with SHA-256 %s, but backup %s is %s: the image in Ceph is not what was restored",
-			t.spec(), got, m.ID, m.SHA256)
+	next := 0
+	err = r.ReadChunks(ctx, bm, parallel, func(c rbd.Chunk) error {
+		if allZero(c.Data) {
+			return nil
+		}
+		got := objectstore.Extent{Offset: int64(c.Off), Length: int64(len(c.Data)), ID: repo.ChunkID(c.Data)}
+		if next >= len(m.Extents) || m.Extents[next] != got {
+			return fmt.Errorf("%s reads back differently from backup %s at offset %d: the image in Ceph is not what was restored",
+				t.spec(), m.ID, c.Off)
+		}
+		next++
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	slog.Info("read back", "image", t.spec(), "sha256", got)
+	if next != len(m.Extents) {
+		return fmt.Errorf("%s reads back as zeros at offset %d where backup %s has data: the image in Ceph is not what was restored",
+			t.spec(), m.Extents[next].Offset, m.ID)
+	}
+	slog.Info("read back", "image", t.spec(), "chunks", next)
 	return nil
 }
 

@@ -273,17 +273,28 @@ func (c *Controller) export(ctx context.Context, s kube.Snapshot) error {
 	c.objectstoreUp(nil)
 	c.metrics.Exports.WithLabelValues("success").Inc()
 	c.metrics.ExportDuration.Observe(res.Seconds)
-	c.metrics.ExportBytes.WithLabelValues("read").Add(float64(m.Stats.BytesRead))
+	c.metrics.ExportPaths.WithLabelValues(res.Path).Inc()
+	if res.Fallback != "" {
+		c.metrics.Fallbacks.WithLabelValues(res.Fallback).Inc()
+	}
+	c.metrics.ExportBytes.WithLabelValues("read").Add(float64(res.CephBytesRead))
 	c.metrics.ExportBytes.WithLabelValues("new").Add(float64(m.Stats.BytesNew))
 	c.metrics.ExportBytes.WithLabelValues("stored").Add(float64(m.Stats.BytesStored))
 	if pvc := s.PVC(); pvc != "" {
 		ns, name, _ := cutSlash(pvc)
 		c.metrics.LastExport.WithLabelValues(ns, name).Set(float64(time.Now().Unix()))
 	}
-	c.event(s, corev1.EventTypeNormal, "Exported", "exported as backup %s: %d bytes read, %d new, %d stored in %.1fs",
-		m.ID, m.Stats.BytesRead, m.Stats.BytesNew, m.Stats.BytesStored, res.Seconds)
+	c.event(s, corev1.EventTypeNormal, "Exported", "exported as backup %s (%s): %d bytes read, %d new, %d stored in %.1fs",
+		m.ID, pathText(res), res.CephBytesRead, m.Stats.BytesNew, m.Stats.BytesStored, res.Seconds)
 	now := time.Now().UTC().Format(time.RFC3339)
 	return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseExported), AnnBackupID: &m.ID, AnnExportedAt: &now, AnnError: nil})
+}
+
+func pathText(res *backup.Result) string {
+	if res.Fallback != "" {
+		return res.Path + ", no diff: " + res.Fallback
+	}
+	return res.Path
 }
 
 // fail records an error on the object and returns it for a retry.

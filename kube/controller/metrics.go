@@ -5,6 +5,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/lifeboat-backup/lifeboat/kube/backup"
 	"github.com/lifeboat-backup/lifeboat/rbd"
 )
 
@@ -18,6 +19,8 @@ type Metrics struct {
 	Exports        *prometheus.CounterVec
 	ExportBytes    *prometheus.CounterVec
 	ExportDuration prometheus.Histogram
+	ExportPaths    *prometheus.CounterVec
+	Fallbacks      *prometheus.CounterVec
 	LastExport     *prometheus.GaugeVec
 	VerifyProblems *prometheus.GaugeVec
 	CephUp         *prometheus.GaugeVec
@@ -42,6 +45,10 @@ func NewMetrics() *Metrics {
 		Help: "Bytes of exports: read from Ceph, new to the repository, and stored after compression."}, []string{"kind"})
 	m.ExportDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "lifeboat_export_duration_seconds",
 		Help: "Duration of successful exports.", Buckets: prometheus.ExponentialBuckets(1, 2, 14)})
+	m.ExportPaths = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lifeboat_export_paths_total",
+		Help: "Successful exports by how they found the data: full, hash (read all, upload changes), diff-by-id or diff-by-name (read only what Ceph says changed)."}, []string{"path"})
+	m.Fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lifeboat_export_diff_fallbacks_total",
+		Help: "Incremental exports that could not use Ceph's diff and read every allocated chunk instead, by reason."}, []string{"reason"})
 	m.LastExport = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lifeboat_last_export_timestamp_seconds",
 		Help: "Unix time of the last successful export of each PVC."}, []string{"namespace", "pvc"})
 	m.VerifyProblems = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lifeboat_verify_problems",
@@ -53,7 +60,7 @@ func NewMetrics() *Metrics {
 	m.Leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "lifeboat_leader",
 		Help: "1 when this replica holds the leader lease and works, 0 on standby."})
 	for _, c := range []prometheus.Collector{m.Snapshots, m.OrphanImages, m.OrphanBytes, m.Exports, m.ExportBytes,
-		m.ExportDuration, m.LastExport, m.VerifyProblems, m.CephUp, m.ObjectstoreUp, m.Leader,
+		m.ExportDuration, m.ExportPaths, m.Fallbacks, m.LastExport, m.VerifyProblems, m.CephUp, m.ObjectstoreUp, m.Leader,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
@@ -63,6 +70,12 @@ func NewMetrics() *Metrics {
 	}
 	for _, k := range []string{"read", "new", "stored"} {
 		m.ExportBytes.WithLabelValues(k)
+	}
+	for _, p := range backup.Paths {
+		m.ExportPaths.WithLabelValues(p)
+	}
+	for _, r := range backup.Fallbacks {
+		m.Fallbacks.WithLabelValues(r)
 	}
 	for _, c := range rbd.Codes {
 		m.VerifyProblems.WithLabelValues(string(c))

@@ -111,7 +111,7 @@ REEF_GO_TAGS ?= reef
 export LIFEBOAT_REEF_STACK_DIR
 REEF := $(STACK_SCRIPTS)/reef.sh
 
-.PHONY: reef-up test-reef test-reef-down
+.PHONY: reef-up test-reef bench-reef test-reef-down
 
 ## reef-up: build the Reef chroot (once) and start the Reef flavour of the stack
 reef-up:
@@ -123,6 +123,13 @@ test-reef: reef-up
 	LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec $(GO) vet -tags 'e2e $(REEF_GO_TAGS)' ./test/e2e/
 	LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec $(GO) test -tags '$(REEF_GO_TAGS)' -count=1 -timeout 20m ./...
 	LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec $(GO) test -tags 'e2e $(REEF_GO_TAGS)' -count=1 -timeout 40m ./test/e2e/
+
+## bench-reef: make bench against Ceph Reef, where incrementals diff by snapshot id
+bench-reef: reef-up
+	test/bench/peers.sh
+	LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec $(GO) build -tags '$(REEF_GO_TAGS)' -o bin/reef/lifeboat ./cmd/lifeboat
+	LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec $(GO) build -tags '$(REEF_GO_TAGS)' -o bin/reef/lbsim ./test/sim/cmd/lbsim
+	LIFEBOAT=$(CURDIR)/bin/reef/lifeboat LBSIM=$(CURDIR)/bin/reef/lbsim LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec test/bench/bench.sh
 
 ## test-reef-down: stop the Reef cluster (the host stack and the cached chroot stay)
 test-reef-down:

@@ -80,6 +80,7 @@ func backup(t testing.TB, r *Repository, img []byte, opt BackupOptions) *Manifes
 	t.Helper()
 	ctx := context.Background()
 	opt.Size = int64(len(img))
+	opt.StreamSHA256 = true // the tests compare it with the image
 	w, err := r.NewBackup(ctx, opt)
 	if err != nil {
 		t.Fatalf("NewBackup: %v", err)

@@ -57,7 +57,7 @@ func TestZeroDataIsAHole(t *testing.T) {
 	ctx := context.Background()
 	r := newRepo(t, NewMemory(), nil)
 	img := image(1, "rzr", 0)
-	w, _ := r.NewBackup(ctx, BackupOptions{Size: int64(len(img))})
+	w, _ := r.NewBackup(ctx, BackupOptions{Size: int64(len(img)), StreamSHA256: true})
 	for off := 0; off < len(img); off += testChunk {
 		if err := w.Write(ctx, int64(off), img[off:off+testChunk]); err != nil {
 			t.Fatal(err)
@@ -318,7 +318,7 @@ func TestFailedWriteChangesNothing(t *testing.T) {
 	be := &counting{Backend: NewMemory(), delay: 100 * time.Millisecond}
 	r := newRepo(t, be, nil)
 	img := image(1, "rr", 0)
-	w, _ := r.NewBackup(ctx, BackupOptions{Size: int64(len(img)), Parallel: 1})
+	w, _ := r.NewBackup(ctx, BackupOptions{Size: int64(len(img)), Parallel: 1, StreamSHA256: true})
 	if err := w.Write(ctx, 0, img[:testChunk]); err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +352,7 @@ func TestReuse(t *testing.T) {
 		copy(second[1*testChunk:], image(9, "r", 0))
 		full := backup(t, r, second, BackupOptions{Parent: m1})
 
-		w, err := r.NewBackup(ctx, BackupOptions{Size: int64(len(second)), Parent: m1})
+		w, err := r.NewBackup(ctx, BackupOptions{Size: int64(len(second)), Parent: m1, StreamSHA256: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -386,5 +386,32 @@ func TestReuse(t *testing.T) {
 		if err != nil || loaded.Digest != m2.Digest {
 			t.Fatalf("LoadBackup: %v", err)
 		}
+	}
+}
+
+// TestStreamSHA256IsOptional: without StreamSHA256 the manifest has only
+// the digest, which is the same as with it, and restores still check out.
+func TestStreamSHA256IsOptional(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t, NewMemory(), nil)
+	img := image(3, "rtzr", 10)
+	with := backup(t, r, img, BackupOptions{})
+	w, _ := r.NewBackup(ctx, BackupOptions{Size: int64(len(img))})
+	for off := 0; off < len(img); off += testChunk {
+		if data := img[off:min(off+testChunk, len(img))]; !allZero(data) {
+			if err := w.Write(ctx, int64(off), data); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	without, err := w.Commit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if with.SHA256 != sha(img) || without.SHA256 != "" || without.Digest != with.Digest {
+		t.Fatalf("with: sha256 %q digest %s; without: sha256 %q digest %s", with.SHA256, with.Digest, without.SHA256, without.Digest)
+	}
+	if got, err := restore(r, without); err != nil || !bytes.Equal(got, img) {
+		t.Fatalf("restore: %v", err)
 	}
 }

@@ -18,7 +18,7 @@ import (
 func newExportCmd(g *globals) *cobra.Command {
 	rf := &repoFlags{}
 	var image, cluster string
-	var full bool
+	var full, wholeSHA bool
 	cmd := &cobra.Command{
 		Use:   "export NAME | NAMESPACE/NAME | HANDLE | --image POOL[/NS]/IMAGE@SNAP",
 		Short: "Export a CSI snapshot's data (or any RBD snapshot) to the S3 repository",
@@ -57,7 +57,7 @@ uploads only what is missing. Prints the backup id (-o json: the counters too).
 				return err
 			}
 			p := newProgress(cmd.ErrOrStderr(), "exporting "+src.Ref.Spec())
-			res, err := backup.Export(ctx, repo, src, backup.Options{Parallel: rf.parallel, Full: full, Progress: p.export})
+			res, err := backup.Export(ctx, repo, src, backup.Options{Parallel: rf.parallel, Full: full, SHA256: wholeSHA, Progress: p.export})
 			p.done()
 			if err != nil {
 				return err
@@ -69,6 +69,7 @@ uploads only what is missing. Prints the backup id (-o json: the counters too).
 	cmd.Flags().StringVar(&image, "image", "", "export POOL[/NAMESPACE]/IMAGE@SNAP instead of a CSI snapshot")
 	cmd.Flags().StringVar(&cluster, "cluster", "", "with --image: the ceph-csi clusterID whose monitors and Secret to use")
 	cmd.Flags().BoolVar(&full, "full", false, "do not build on the volume's previous backup")
+	cmd.Flags().BoolVar(&wholeSHA, "sha256", false, "also record the image's SHA-256 (as `rbd export … - | sha256sum` prints) when every byte is read; costs one more pass")
 	return cmd
 }
 

@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lifeboat-backup/lifeboat/kube/backup"
+	"github.com/lifeboat-backup/lifeboat/objectstore"
 )
 
 func newRestoreCmd(g *globals) *cobra.Command {
@@ -51,7 +52,7 @@ by --ceph-conf [--ceph-user] [--ceph-keyring]: a brand-new cluster after the old
 			if err := backup.Restore(ctx, repo, m, t, opts); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "restored backup %s (%s, sha256 %s) into %s\n", m.ID, bytesIEC(uint64(m.Size)), m.SHA256, to)
+			fmt.Fprintf(cmd.OutOrStdout(), "restored backup %s (%s, %s) into %s\n", m.ID, bytesIEC(uint64(m.Size)), checksum(m), to)
 			return nil
 		},
 	}
@@ -100,4 +101,12 @@ Use set -o pipefail so a failed cat fails the pipeline.`,
 	addRepoFlags(cmd, rf)
 	cmd.Flags().StringVar(&format, "format", backup.FormatRaw, "raw or rbd-diff")
 	return cmd
+}
+
+// checksum names what a restore was proven against.
+func checksum(m *objectstore.Manifest) string {
+	if m.SHA256 != "" {
+		return "sha256 " + m.SHA256
+	}
+	return "extents digest " + m.Digest
 }

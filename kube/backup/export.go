@@ -86,6 +86,9 @@ type Options struct {
 	Parallel int     // Ceph readers and S3 uploads at once (default 8)
 	Full     bool    // ignore the previous backup (no incremental)
 	Planner  Planner // where chunks come from; default DiffPlanner
+	// SHA256 records the whole image's SHA-256 in the manifest when every
+	// byte is read (not on diff paths): one more pass on one core.
+	SHA256   bool
 	Progress func(done objectstore.Stats, total uint64)
 }
 
@@ -143,7 +146,8 @@ func Export(ctx context.Context, repo *objectstore.Repository, src Source, opts 
 	w, err := repo.NewBackup(ctx, objectstore.BackupOptions{
 		Size: int64(r.Size), Parent: parent, Method: plan.Method, Parallel: opts.Parallel,
 		Source: sourceMap(src, info, snap), Meta: metaMap(info, snap, plan),
-		Progress: progress(opts.Progress, plan.size(chunk, r.Size)),
+		Progress:     progress(opts.Progress, plan.size(chunk, r.Size)),
+		StreamSHA256: opts.SHA256 && !plan.Reuse,
 	})
 	if err != nil {
 		return nil, err

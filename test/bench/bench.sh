@@ -271,13 +271,15 @@ preflight() {
     PEERS_PID=$!
   fi
 
-  if [[ ! -x /usr/bin/time ]]; then
-    [[ $EUID -eq 0 ]] || die "/usr/bin/time is missing; install the 'time' package"
-    log "apt: installing time (for peak RSS)"
+  local missing=()
+  [[ -x /usr/bin/time ]] || missing+=(time) # peak RSS
+  command -v jq >/dev/null || missing+=(jq)
+  if ((${#missing[@]})); then
+    [[ $EUID -eq 0 ]] || die "missing packages: ${missing[*]} (apt-get install ${missing[*]})"
+    log "apt: installing ${missing[*]}"
     apt-get -o DPkg::Lock::Timeout=900 update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends time >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  command -v jq >/dev/null || die "jq is missing (apt-get install jq)"
   [[ -x $LBSIM ]] || die "no $LBSIM: run make build"
   if has_tool lifeboat || [[ -n $BENCH_CHUNK_SIZES ]]; then
     local c

@@ -113,7 +113,7 @@ func TestExportRestoreAcrossClusters(t *testing.T) {
 
 	// Export everything from A; the reference checksums are Ceph's own.
 	for _, c := range cases {
-		e := w.export(repo, append(c.export, "--ceph-secret", secret)...)
+		e := w.export(repo, append(c.export, "--ceph-secret", secret, "--sha256")...)
 		c.id = e.ID
 		c.sha = rbdSHA256(t, a.conf(), c.spec)
 		m := showBackup(t, repo, c.id)

@@ -224,12 +224,12 @@ ns_main() {
   fi
   if [[ $mode == full ]]; then
     envs+=(LIFEBOAT_STACK_DIR="$REEF_D" LIFEBOAT_GO_TAGS="$LB_REEF_GO_TAGS" GO_TAGS="$LB_REEF_GO_TAGS"
-      GOMODCACHE="$gomod" GOCACHE="$gocache" GOTOOLCHAIN=local
+      LIFEBOAT_CACHE_DIR="$LIFEBOAT_CACHE_DIR" GOMODCACHE="$gomod" GOCACHE="$gocache" GOTOOLCHAIN=local
       GOFLAGS="$("$GOROOT_HOST/bin/go" env GOFLAGS)" GOPROXY="$("$GOROOT_HOST/bin/go" env GOPROXY)"
       GOSUMDB="$("$GOROOT_HOST/bin/go" env GOSUMDB)" GONOSUMDB="$("$GOROOT_HOST/bin/go" env GONOSUMDB)"
       GOPRIVATE="$("$GOROOT_HOST/bin/go" env GOPRIVATE)")
     local v # pass the caller's test knobs through
-    for v in FUZZTIME BENCH_SIZE http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+    for v in FUZZTIME BENCH_SIZE BENCH_TOOLS BENCH_CHUNK_SIZES BENCH_ENCRYPT BENCH_SEED LIFEBOAT LBSIM http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
       if [[ -n ${!v:-} ]]; then envs+=("$v=${!v}"); fi
     done
   fi

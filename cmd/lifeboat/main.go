@@ -24,14 +24,22 @@ const (
 // errProblems tells main to exit 1 after a command printed its findings.
 var errProblems = errors.New("problems found")
 
-// memoryLimit is the Go heap's soft limit unless GOMEMLIMIT says
-// otherwise: lifeboat's working set is a fixed number of chunks, so without
-// it the garbage collector's slack, not the data, would set the RSS.
-const memoryLimit = 64 << 20
+// memoryLimit and gcPercent bound the Go heap unless GOMEMLIMIT and GOGC
+// say otherwise: lifeboat's working set is a fixed number of chunk
+// buffers, garbage turns over a chunk at a time, so without them the
+// collector's slack, not the data, would set the RSS. GOGC=50 costs no
+// measurable time on a 2 GiB restore and saves about 10 MB.
+const (
+	memoryLimit = 64 << 20
+	gcPercent   = 50
+)
 
 func main() {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(memoryLimit)
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
 	}
 	os.Exit(run(os.Args[1:]))
 }

@@ -14,15 +14,18 @@ GOFLAGS_BUILD = -tags '$(GO_TAGS)' -ldflags '-X main.version=$(VERSION)'
 FUZZTIME ?= 20s
 export GO_TAGS
 
-.PHONY: build test unit integration e2e fuzz demo bench-verify deploy-check vet clean
+.PHONY: build test test-pacific fuzz demo bench-verify deploy-check vet clean
 
 ## build: ./bin/lifeboat against the host's Ceph libraries
 build:
 	$(GO) build $(GOFLAGS_BUILD) -o bin/lifeboat ./cmd/lifeboat
 	$(GO) build -tags '$(GO_TAGS)' -o bin/lbsim ./test/sim/cmd/lbsim
 
-## test: vet, unit and integration tests, end-to-end tests and a bounded fuzz run, on the real stack
-test: stack-up vet build
+## test: every test, against Ceph Pacific (the host's packages) and then Ceph Reef (a cached chroot)
+test: test-pacific test-reef
+
+## test-pacific: vet, unit/integration, end-to-end and a bounded fuzz run against the host's Ceph
+test-pacific: stack-up vet build
 	LIFEBOAT_GO_TAGS='$(GO_TAGS)' $(GO) test -tags '$(GO_TAGS)' -count=1 -timeout 20m ./...
 	LIFEBOAT_GO_TAGS='$(GO_TAGS)' $(GO) test -tags 'e2e $(GO_TAGS)' -count=1 -timeout 40m ./test/e2e/
 	$(MAKE) fuzz

@@ -6,6 +6,18 @@
 # trixie ships Ceph 18.2 Reef, whose go-ceph build tag is `reef`. Changing
 # DEBIAN_RELEASE means changing CEPH_RELEASE to the release it ships.
 #
+# Supported Ceph releases (what decides the features is the librbd lifeboat
+# is built against):
+#   - Reef 18.2 and later librbd (this image): everything, including
+#     incremental exports of CSI snapshots that read only what Ceph's diff
+#     between the parent volume's trash snapshots reports (diff-by-id).
+#   - A Pacific 16.2 librbd (`-tags pacific` on Debian 12): everything but
+#     diff-by-id: incrementals of CSI snapshots read every allocated chunk
+#     and upload only the changed ones (hash path); plain RBD snapshots
+#     (`export --image`) diff by snapshot name on both.
+# Tested (`make test`): a Pacific 16.2.15 build against a Pacific cluster,
+# a Reef 18.2.7 build against a Reef cluster. Mixed pairs are untested.
+#
 #   docker build -t ghcr.io/lifeboat-backup/lifeboat:$(git describe --tags --always) \
 #     --build-arg VERSION=$(git describe --tags --always --dirty) .
 
@@ -34,7 +46,9 @@ ARG VERSION=dev
 LABEL org.opencontainers.image.title="lifeboat" \
       org.opencontainers.image.description="Backups of Ceph RBD CSI snapshots to S3 that survive the loss of Ceph" \
       org.opencontainers.image.source="https://github.com/lifeboat-backup/lifeboat" \
-      org.opencontainers.image.version="${VERSION}"
+      org.opencontainers.image.version="${VERSION}" \
+      io.lifeboat.ceph-librbd="reef" \
+      io.lifeboat.features="diff-by-id incrementals of CSI snapshots (Reef librbd)"
 # Only the runtime libraries (and CAs for S3 over TLS): no Ceph CLI, no shell tools.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends librbd1 librados2 ca-certificates \

@@ -63,7 +63,7 @@ by --ceph-conf [--ceph-user] [--ceph-keyring]: a brand-new cluster after the old
 	f.BoolVar(&opts.Force, "force", false, "overwrite the target image if it exists")
 	f.BoolVar(&opts.KeepPartial, "keep-partial", false, "keep the image a failed restore created")
 	f.StringVar(&opts.Snapshot, "snapshot", "", "create this snapshot on the restored image")
-	f.BoolVar(&opts.ReadBack, "verify", false, "read the restored image back from Ceph and check its SHA-256")
+	f.BoolVar(&opts.ReadBack, "verify", false, "read the restored image back from Ceph and compare it chunk by chunk with the backup")
 	f.StringVar(&opts.Features, "features", "", "image features instead of the backup's, e.g. layering,exclusive-lock")
 	_ = cmd.MarkFlagRequired("to")
 	return cmd

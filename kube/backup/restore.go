@@ -37,15 +37,15 @@ type RestoreOptions struct {
 	Snapshot string
 	// Features overrides the manifest's features ("" keeps them).
 	Features string
-	// ReadBack reads the restored image back from Ceph and checks its
-	// SHA-256 against the backup's: proof of what landed, not only of what
+	// ReadBack reads the restored image back from Ceph and compares each
+	// chunk's id with the backup's: proof of what landed, not only of what
 	// was sent.
 	ReadBack bool
 }
 
 // Restore writes backup m into a new image (sparse: holes are not written)
-// and checks every chunk's hash on the way and the whole image's SHA-256 at
-// the end. On failure it removes the image it created unless KeepPartial.
+// and checks every chunk's hash and the chunk list's digest on the way
+// (objectstore.Stream). On failure it removes the image it created unless KeepPartial.
 func Restore(ctx context.Context, repo *objectstore.Repository, m *objectstore.Manifest, t Target, opts RestoreOptions) (err error) {
 	if opts.Parallel <= 0 {
 		opts.Parallel = DefaultParallel
@@ -66,17 +66,17 @@ func Restore(ctx context.Context, repo *objectstore.Repository, m *objectstore.M
 			}
 		}
 	}()
-	write := w.WriteAt
 	if !created {
 		// Overwriting: holes must become zeros too.
 		err = repo.StreamAll(ctx, m, opts.Parallel, func(off int64, data []byte) error {
 			if allZero(data) {
 				return w.Zero(uint64(off), uint64(len(data)))
 			}
-			return write(data, uint64(off))
+			return w.WriteAt(data, uint64(off))
 		})
 	} else {
-		err = repo.Stream(ctx, m, opts.Parallel, func(off int64, data []byte) error { return write(data, uint64(off)) })
+		// A fresh image is zeros: only the extents are written.
+		err = repo.Stream(ctx, m, opts.Parallel, func(off int64, data []byte) error { return w.WriteAt(data, uint64(off)) })
 	}
 	if err != nil {
 		return fmt.Errorf("restoring backup %s into %s: %w", m.ID, t.spec(), err)

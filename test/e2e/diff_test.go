@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"hash"
 	"math/rand/v2"
@@ -56,26 +55,6 @@ func writeChange(t *testing.T, v *sim.Volume, size, slot uint64, seed uint64, al
 	return change{name: fmt.Sprintf("%d×%d KiB", n, slot/KiB), bytes: int64(n * slot), chunks: int64(len(touched)), aligned: aligned}
 }
 
-// exportPath is `lifeboat export -o json` with the path it took.
-type exportPath struct {
-	exportOut
-	Path     string `json:"path"`
-	Fallback string `json:"fallback"`
-}
-
-func (w *world) exportPath(b *bucket, args ...string) exportPath {
-	w.t.Helper()
-	r := w.run(append(append([]string{"export", "-o", "json"}, args...), b.flags()...)...)
-	if r.code != 0 {
-		w.t.Fatalf("export %v: exit %d: %s", args, r.code, r.stderr)
-	}
-	var out exportPath
-	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || out.ID == "" {
-		w.t.Fatalf("export %v: output %q: %v", args, r.stdout, err)
-	}
-	return out
-}
-
 // catSHA256 streams backup id with `lifeboat cat --format raw` and hashes it.
 func catSHA256(t *testing.T, b *bucket, id string) string {
 	t.Helper()
@@ -122,7 +101,7 @@ func TestDiffChain(t *testing.T) {
 		sim.Region{Off: 0, Len: 64 * MiB, Kind: sim.Random},
 		sim.Region{Off: 64 * MiB, Len: 64 * MiB, Kind: sim.Text})
 	s := w.snapshot(v, "chain0")
-	e := w.exportPath(repo, s.ContentName)
+	e := w.export(repo, s.ContentName)
 	if e.Path != "full" || e.BytesRead != size {
 		t.Fatalf("first export: path %q, %d bytes read; want full, %d", e.Path, e.BytesRead, size)
 	}
@@ -138,7 +117,7 @@ func TestDiffChain(t *testing.T) {
 			c = writeChange(t, v, size, chunk, uint64(i), true)
 		}
 		s := w.snapshot(v, fmt.Sprintf("chain%d", i))
-		e := w.exportPath(repo, s.ContentName)
+		e := w.export(repo, s.ContentName)
 		backups[e.ID] = s
 		t.Logf("incremental %d (%s, %d bytes changed): path %s%s, read %d bytes from Ceph (%.2f× the change), uploaded %d (%.2f×), %d stored, %.2fs",
 			i, c.name, c.bytes, e.Path, strings.TrimSuffix(" fallback "+e.Fallback, " fallback "), e.BytesRead,
@@ -184,7 +163,7 @@ func TestDiffFallbacks(t *testing.T) {
 		if prepare != nil {
 			prepare(s)
 		}
-		e := w.exportPath(repo, s.ContentName)
+		e := w.export(repo, s.ContentName)
 		backups[e.ID] = s
 		t.Logf("%s: path %s, fallback %q, read %d bytes", name, e.Path, e.Fallback, e.BytesRead)
 		if e.Path != wantPath || e.Fallback != wantFallback {
@@ -219,7 +198,7 @@ func TestDiffFallbacks(t *testing.T) {
 	e := step("e", nil, "hash", "previous-parent-snapshot-gone")
 
 	// Exporting c again: the latest backup (e) is of a later snapshot.
-	again := w.exportPath(repo, c.ContentName)
+	again := w.export(repo, c.ContentName)
 	backups[again.ID] = c
 	if again.Path != "hash" || again.Fallback != "previous-backup-is-newer" {
 		t.Errorf("re-export of c: path %q fallback %q, want hash, previous-backup-is-newer", again.Path, again.Fallback)
@@ -256,16 +235,16 @@ func TestDiffByName(t *testing.T) {
 	repo := newRepo(t, "64KiB", "")
 	v := w.volumeWith("plain", size, 9, sim.Region{Off: 0, Len: size, Kind: sim.Text})
 	spec := w.spec(v.Name)
-	export := func(snap string) exportPath {
+	export := func(snap string) exportOut {
 		t.Helper()
-		return w.exportPath(repo, "--image", spec+"@"+snap, "--cluster", w.id)
+		return w.export(repo, "--image", spec+"@"+snap, "--cluster", w.id)
 	}
 	sums := map[string]string{} // backup id → sha256 of the snapshot
 	snap := func(name string) {
 		t.Helper()
 		w.ceph("rbd", "snap", "create", spec+"@"+name)
 	}
-	record := func(e exportPath, name string) {
+	record := func(e exportOut, name string) {
 		t.Helper()
 		sums[e.ID] = rbdSHA256(t, env.Get("CEPH_CONF"), spec+"@"+name)
 	}

@@ -188,6 +188,8 @@ type exportOut struct {
 	Chunks      int64   `json:"chunks"`
 	ChunksNew   int64   `json:"chunksNew"`
 	Seconds     float64 `json:"seconds"`
+	Path        string  `json:"path"`
+	Fallback    string  `json:"fallback"`
 }
 
 // summary is `lifeboat backups show -o json` (and an item of backups list).

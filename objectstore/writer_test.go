@@ -415,3 +415,27 @@ func TestStreamSHA256IsOptional(t *testing.T) {
 		t.Fatalf("restore: %v", err)
 	}
 }
+
+// TestBlindUploads: a first backup stops asking S3 about every chunk after
+// a run of misses, and a run of chunks already stored turns asking back on
+// after at most probeEvery needless uploads.
+func TestBlindUploads(t *testing.T) {
+	be := &counting{Backend: NewMemory()}
+	r := newRepo(t, be, nil)
+	old := image(1, strings.Repeat("r", 100), 0)
+	backup(t, r, old, BackupOptions{Parallel: 1})
+	if heads := be.stats.Load(); heads > blindAfter+100/probeEvery+1 {
+		t.Errorf("first backup of 100 new chunks asked %d times", heads)
+	}
+	// 100 new chunks, then the 100 old ones again, in another backup (no
+	// parent, so only HEAD can find them).
+	be.reset()
+	img := append(image(2, strings.Repeat("r", 100), 0), old...)
+	m := backup(t, r, img, BackupOptions{Parallel: 1})
+	if m.Stats.ChunksNew < 100 || m.Stats.ChunksNew > 100+probeEvery {
+		t.Errorf("uploaded %d chunks: want the 100 new ones and at most %d stored ones", m.Stats.ChunksNew, probeEvery)
+	}
+	if got, err := restore(r, m); err != nil || !bytes.Equal(got, img) {
+		t.Fatalf("restore: %v", err)
+	}
+}

@@ -195,3 +195,26 @@ func objects(t testing.TB, be Backend, prefix string) []string {
 	}
 	return names
 }
+
+// extentsOf reads m's extents, from its pages.
+func extentsOf(t testing.TB, r *Repository, m *Manifest) []Extent {
+	t.Helper()
+	var out []Extent
+	x := r.Extents(context.Background(), m)
+	for e, ok := x.Next(); ok; e, ok = x.Next() {
+		out = append(out, e)
+	}
+	if err := x.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// asV2 is m as a version 2 manifest, the extents inline, so that tests can
+// tamper with the list (version 2 manifests stay readable).
+func asV2(t testing.TB, r *Repository, m *Manifest) *Manifest {
+	t.Helper()
+	v2 := *m
+	v2.Version, v2.Pages, v2.Extents = 2, nil, extentsOf(t, r, m)
+	return &v2
+}

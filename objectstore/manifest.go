@@ -2,13 +2,10 @@ package objectstore
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -17,8 +14,8 @@ import (
 // ManifestVersion is the manifest format this package writes and the
 // newest it reads. Version 2 added Digest and made SHA256 optional: a
 // backup that reuses its parent's chunks without reading them cannot hash
-// the whole stream.
-const ManifestVersion = 2
+// the whole stream. Version 3 moved the extents into pages (extents.go).
+const ManifestVersion = 3
 
 // maxManifest bounds a decoded manifest: an extent takes about 100 bytes
 // of JSON, so 1 GiB is some 10 million extents (40 TiB of non-zero data at
@@ -63,12 +60,15 @@ type Stats struct {
 	BytesReused int64 `json:"bytes_reused,omitempty"`
 }
 
-// Manifest describes one backup: the summary plus where the data is.
+// Manifest describes one backup: the summary plus where the data is. Read
+// the extents with Repository.Extents, whatever the version.
 type Manifest struct {
 	Summary
-	// Extents are the non-zero chunks in offset order; every byte not
-	// covered is zero.
-	Extents []Extent `json:"extents"`
+	// Pages (version 3) list the pages that hold the extents, in order.
+	Pages []Page `json:"pages,omitempty"`
+	// Extents (versions 1 and 2) are the non-zero chunks in offset order;
+	// every byte not covered is zero.
+	Extents []Extent `json:"extents,omitempty"`
 }
 
 // Extent maps image bytes [Offset, Offset+Length) to a chunk.
@@ -93,19 +93,11 @@ func manifestName(id string) string { return "backups/" + id }
 // with one line per extent, in order: the root of a two-level hash tree
 // over the image (see Manifest.Digest).
 func ExtentsDigest(size int64, chunkSize int, extents []Extent) string {
-	h := sha256.New()
-	fmt.Fprintf(h, "lifeboat extents v1\n%d %d\n", size, chunkSize)
-	buf := make([]byte, 0, 128)
+	d := newDigester(size, chunkSize)
 	for _, e := range extents {
-		buf = strconv.AppendInt(buf[:0], e.Offset, 10)
-		buf = append(buf, ' ')
-		buf = strconv.AppendInt(buf, e.Length, 10)
-		buf = append(buf, ' ')
-		buf = hex.AppendEncode(buf, e.ID[:])
-		buf = append(buf, '\n')
-		h.Write(buf)
+		d.add(e)
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	return d.sum()
 }
 
 func (r *Repository) saveManifest(ctx context.Context, m *Manifest) error {
@@ -171,8 +163,9 @@ func (r *Repository) loadManifest(ctx context.Context, id string, v any) error {
 	return nil
 }
 
-// check verifies that extents are sorted, disjoint, chunk-aligned and
-// inside the image, and match the digest, so readers can trust them.
+// check verifies what can be checked without reading pages: extents (up
+// to version 2) sorted, disjoint, chunk-aligned and inside the image;
+// pages (version 3) likewise, and as many extents as the stats count.
 func (m *Manifest) check(chunkSize int) error {
 	switch {
 	case m.ChunkSize != chunkSize:
@@ -181,8 +174,22 @@ func (m *Manifest) check(chunkSize int) error {
 		return errors.New("no extents digest")
 	case m.Digest == "" && m.SHA256 == "":
 		return errors.New("no checksum")
+	case m.Version >= 3 && len(m.Extents) > 0:
+		return errors.New("extents outside pages")
+	case m.Version < 3 && len(m.Pages) > 0:
+		return errors.New("pages in a version 2 manifest")
 	}
-	next := int64(0)
+	next, count := int64(0), int64(0)
+	for _, p := range m.Pages {
+		if p.Offset < next || p.Count <= 0 || p.End <= p.Offset || p.End > m.Size {
+			return fmt.Errorf("bad extents page %s at offset %d", p.ID, p.Offset)
+		}
+		next, count = p.End, count+int64(p.Count)
+	}
+	if m.Version >= 3 && count != m.Stats.Chunks {
+		return fmt.Errorf("pages hold %d extents, the stats say %d", count, m.Stats.Chunks)
+	}
+	next = 0
 	for _, e := range m.Extents {
 		if e.Offset < next || e.Offset%int64(chunkSize) != 0 || e.Length <= 0 ||
 			e.Length > int64(chunkSize) || e.Offset+e.Length > m.Size {
@@ -193,9 +200,10 @@ func (m *Manifest) check(chunkSize int) error {
 	return nil
 }
 
-// checkDigest compares the extents with the manifest's digest, if it has one.
+// checkDigest compares in-manifest extents (up to version 2) with the
+// digest; pages are checked as they are read (ExtentReader).
 func (m *Manifest) checkDigest() error {
-	if m.Digest == "" {
+	if m.Digest == "" || len(m.Pages) > 0 {
 		return nil
 	}
 	if got := ExtentsDigest(m.Size, m.ChunkSize, m.Extents); got != m.Digest {

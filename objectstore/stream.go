@@ -15,9 +15,10 @@ import (
 //
 // Up to parallel chunks (default DefaultParallel) are fetched ahead. A
 // missing or damaged chunk fails with a *ChunkError naming it and its
-// offset. Every chunk is checked against its id, and the extents against
-// the manifest's digest before the first call to fn: together they prove
-// the stream bit-exact. A version 1 manifest, which has no digest, is
+// offset (a damaged extents page with a *PageError). Every chunk is
+// checked against its id, and the extents against the manifest's digest
+// before the first call to fn: together they prove the stream bit-exact.
+// Memory is bounded: parallel chunks and one page of extents. A version 1 manifest, which has no digest, is
 // checked against its whole-stream SHA-256 once every extent has been
 // passed to fn; a mismatch returns an error wrapping ErrChecksumMismatch,
 // and whatever fn wrote must then be treated as bad.
@@ -39,6 +40,7 @@ func (r *Repository) Verify(ctx context.Context, m *Manifest, parallel int) erro
 }
 
 type fetched struct {
+	e    Extent
 	data []byte
 	err  error
 }
@@ -53,6 +55,9 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 	if err := m.checkDigest(); err != nil {
 		return err
 	}
+	if err := r.checkExtents(ctx, m); err != nil {
+		return err
+	}
 	if parallel <= 0 {
 		parallel = DefaultParallel
 	}
@@ -62,8 +67,17 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 	pending := make(chan chan fetched, parallel)
 	go func() {
 		defer close(pending)
-		for _, e := range m.Extents {
+		x := r.Extents(ctx, m)
+		for {
+			e, ok := x.Next()
 			ch := make(chan fetched, 1)
+			if !ok {
+				if err := x.Err(); err != nil {
+					ch <- fetched{err: err}
+					pending <- ch // capacity: the consumer reads until close
+				}
+				return
+			}
 			select {
 			case pending <- ch:
 			case <-ctx.Done():
@@ -71,7 +85,7 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 			}
 			go func() {
 				data, err := r.fetch(ctx, e)
-				ch <- fetched{data, err}
+				ch <- fetched{e, data, err}
 			}()
 		}
 	}()
@@ -85,14 +99,12 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 	if m.Digest == "" {
 		s.h = sha256.New()
 	}
-	i := 0
 	for ch := range pending {
-		e := m.Extents[i]
-		i++
 		got := <-ch
 		if got.err != nil {
 			return got.err
 		}
+		e := got.e
 		if err := s.zeros(e.Offset); err != nil {
 			return err
 		}

@@ -40,20 +40,29 @@ type BackupOptions struct {
 // with chunk-aligned, ascending offsets; the work after hashing the stream
 // runs on Parallel background workers. Not safe for concurrent use.
 //
-// Unchanged chunks cost no upload: their id is found among the parent's
-// chunks (or, failing that, by a HEAD). A chunk known unchanged without
-// reading it (Ceph said so) is passed to Reuse instead of Write; the
-// manifest then has no whole-stream SHA-256, which needs every byte, only
-// the extents digest.
+// Unchanged chunks cost no upload: their id is that of the parent's chunk
+// at the same offset (or, failing that, found by a HEAD). A chunk known
+// unchanged without reading it (Ceph said so) is passed to Reuse instead
+// of Write; the manifest then has no whole-stream SHA-256, which needs
+// every byte, only the extents digest.
+//
+// Memory is bounded whatever the image size: Parallel chunk buffers, one
+// page of extents (flushed to the repository as it fills), one page of
+// the parent's, and a bounded set of chunk ids seen.
 type BackupWriter struct {
 	r        *Repository
 	m        Manifest
 	chunk    int64
 	progress func(Stats)
 
-	stream  hash.Hash // nil unless asked for, and once a chunk was reused unread
-	next    int64     // offset up to which the stream is covered
-	extents []*Extent // IDs are filled in by the workers
+	stream hash.Hash // nil unless asked for, and once a chunk was reused unread
+	next   int64     // offset up to which the stream is covered
+
+	page    []*Extent      // the page being filled; IDs are set by the workers
+	pending sync.WaitGroup // jobs of page not yet stored
+	pages   []Page
+	digest  *digester
+	parent  *ExtentCursor // the parent's extents, walked beside the image
 
 	ctx    context.Context // ends when the backup fails or is aborted
 	cancel context.CancelCauseFunc
@@ -62,18 +71,23 @@ type BackupWriter struct {
 	wg     sync.WaitGroup
 	closed bool
 
-	mu     sync.Mutex
-	known  map[ChunkID]bool // stored already, or claimed by a worker
-	parent map[ChunkID]bool // the parent's chunks, which Reuse may add
+	mu    sync.Mutex
+	known map[ChunkID]bool // stored already, or claimed by a worker (bounded: maxKnown)
 
 	bytesRead, chunks, bytesNew, bytesStored, chunksNew, bytesReused atomic.Int64
 	misses, blind                                                    atomic.Int64 // see ask
 }
 
 type job struct {
-	e    *Extent
-	data []byte
+	e      *Extent
+	data   []byte
+	parent *ChunkID // the parent's chunk at the same offset, if any
 }
+
+// maxKnown bounds the set of chunk ids a writer remembers (about 4 MB):
+// past it the set starts again, and a repeated chunk costs a HEAD or a
+// second PUT of the same content, never correctness.
+const maxKnown = 1 << 16
 
 var errAborted = errors.New("backup aborted")
 
@@ -101,16 +115,15 @@ func (r *Repository) NewBackup(ctx context.Context, opt BackupOptions) (*BackupW
 			return nil, fmt.Errorf("parent backup %s is from another repository", p.ID)
 		}
 		w.m.Parent = p.ID
-		w.parent = make(map[ChunkID]bool, len(p.Extents))
-		for _, e := range p.Extents {
-			w.known[e.ID] = true
-			w.parent[e.ID] = true
-		}
 	}
 	if opt.StreamSHA256 {
 		w.stream = sha256.New()
 	}
 	w.ctx, w.cancel = context.WithCancelCause(ctx)
+	w.digest = newDigester(opt.Size, r.cfg.ChunkSize)
+	if p := opt.Parent; p != nil {
+		w.parent = r.Cursor(w.ctx, p)
+	}
 	for range par {
 		w.bufs <- nil // allocated on first use
 		w.wg.Add(1)
@@ -143,8 +156,12 @@ func (w *BackupWriter) Write(ctx context.Context, off int64, data []byte) error 
 	}
 	hole := allZero(data)
 	var buf []byte
+	var parent *ChunkID
 	if !hole {
 		var err error
+		if parent, err = w.parentAt(off); err != nil {
+			return err
+		}
 		if buf, err = w.buffer(ctx); err != nil {
 			return err
 		}
@@ -157,13 +174,63 @@ func (w *BackupWriter) Write(ctx context.Context, off int64, data []byte) error 
 	w.bytesRead.Add(int64(len(data)))
 	if !hole {
 		e := &Extent{Offset: off, Length: int64(len(data))}
-		w.extents = append(w.extents, e)
+		w.page = append(w.page, e)
 		w.chunks.Add(1)
-		w.jobs <- job{e, append(buf[:0], data...)} // never blocks: len(jobs) ≤ buffers
+		w.pending.Add(1)
+		w.jobs <- job{e, append(buf[:0], data...), parent} // never blocks: len(jobs) ≤ buffers
+		if err := w.pageFull(); err != nil {
+			return err
+		}
 	}
 	if w.progress != nil {
 		w.progress(w.Stats())
 	}
+	return nil
+}
+
+// parentAt is the id of the parent's chunk at off, if it has one there.
+func (w *BackupWriter) parentAt(off int64) (*ChunkID, error) {
+	if w.parent == nil {
+		return nil, nil
+	}
+	e, ok, err := w.parent.At(off)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &e.ID, nil
+}
+
+// pageFull stores the page once it holds ExtentsPerPage extents.
+func (w *BackupWriter) pageFull() error {
+	if len(w.page) < ExtentsPerPage {
+		return nil
+	}
+	return w.flushPage()
+}
+
+// flushPage waits until every chunk of the page is stored (at most
+// Parallel uploads, once a page), then stores the page.
+func (w *BackupWriter) flushPage() error {
+	w.pending.Wait()
+	if w.ctx.Err() != nil {
+		return fmt.Errorf("backup failed: %w", context.Cause(w.ctx))
+	}
+	if len(w.page) == 0 {
+		return nil
+	}
+	extents := make([]Extent, len(w.page))
+	for i, e := range w.page {
+		extents[i] = *e
+		w.digest.add(*e)
+	}
+	p, n, err := w.r.savePage(w.ctx, extents)
+	if err != nil {
+		w.cancel(err)
+		return err
+	}
+	w.pages = append(w.pages, p)
+	w.bytesStored.Add(int64(n))
+	w.page = w.page[:0]
 	return nil
 }
 
@@ -174,14 +241,21 @@ func (w *BackupWriter) Reuse(e Extent) error {
 	if err := w.check(e.Offset, e.Length); err != nil {
 		return err
 	}
-	if !w.parent[e.ID] { // read-only after NewBackup
-		return fmt.Errorf("reusing chunk %s at offset %d: not a chunk of the parent backup", e.ID, e.Offset)
+	id, err := w.parentAt(e.Offset)
+	if err != nil {
+		return err
+	}
+	if id == nil || *id != e.ID {
+		return fmt.Errorf("reusing chunk %s at offset %d: not the parent backup's chunk there", e.ID, e.Offset)
 	}
 	w.stream = nil
 	w.next = e.Offset + e.Length
-	w.extents = append(w.extents, &e)
+	w.page = append(w.page, &e)
 	w.chunks.Add(1)
 	w.bytesReused.Add(e.Length)
+	if err := w.pageFull(); err != nil {
+		return err
+	}
 	if w.progress != nil {
 		w.progress(w.Stats())
 	}
@@ -231,6 +305,7 @@ func (w *BackupWriter) worker() {
 				w.cancel(err)
 			}
 		}
+		w.pending.Done()
 		w.bufs <- j.data
 	}
 }
@@ -239,8 +314,8 @@ func (w *BackupWriter) worker() {
 func (w *BackupWriter) store(j job, scratch *[]byte) error {
 	id := w.r.keys.id(j.data)
 	j.e.ID = id
-	if !w.claim(id) {
-		return nil
+	if (j.parent != nil && *j.parent == id) || !w.claim(id) {
+		return nil // unchanged since the parent, or seen already
 	}
 	name := chunkName(id)
 	if w.ask() {
@@ -288,6 +363,9 @@ func (w *BackupWriter) claim(id ChunkID) bool {
 	if w.known[id] {
 		return false
 	}
+	if len(w.known) >= maxKnown {
+		clear(w.known)
+	}
 	w.known[id] = true
 	return true
 }
@@ -312,16 +390,16 @@ func (w *BackupWriter) Commit(ctx context.Context) (*Manifest, error) {
 	if w.ctx.Err() != nil {
 		return nil, fmt.Errorf("backup %s failed, no manifest written: %w", w.m.ID, context.Cause(w.ctx))
 	}
+	if err := w.flushPage(); err != nil {
+		return nil, fmt.Errorf("backup %s failed, no manifest written: %w", w.m.ID, err)
+	}
 	if w.stream != nil {
 		hashZeros(w.stream, w.m.Size-w.next)
 		w.m.SHA256 = hex.EncodeToString(w.stream.Sum(nil))
 	}
 	w.m.Stats = w.Stats()
-	w.m.Extents = make([]Extent, len(w.extents))
-	for i, e := range w.extents {
-		w.m.Extents[i] = *e
-	}
-	w.m.Digest = ExtentsDigest(w.m.Size, w.m.ChunkSize, w.m.Extents)
+	w.m.Pages = w.pages
+	w.m.Digest = w.digest.sum()
 	if err := w.r.saveManifest(ctx, &w.m); err != nil {
 		return nil, fmt.Errorf("writing manifest of backup %s: %w", w.m.ID, err)
 	}

@@ -46,8 +46,8 @@ func TestRoundTrip(t *testing.T) {
 				n++
 				return nil
 			})
-			if err != nil || n != int64(len(m.Extents)) || n != m.Stats.Chunks {
-				t.Errorf("%q: Stream: %v, %d calls, %d extents", s.spec, err, n, len(m.Extents))
+			if ex := extentsOf(t, r, m); err != nil || n != int64(len(ex)) || n != m.Stats.Chunks {
+				t.Errorf("%q: Stream: %v, %d calls, %d extents", s.spec, err, n, len(ex))
 			}
 		}
 	}
@@ -67,8 +67,8 @@ func TestZeroDataIsAHole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(m.Extents) != 2 || m.Extents[1].Offset != 2*testChunk || m.Stats.BytesRead != int64(len(img)) {
-		t.Fatalf("extents %+v stats %+v", m.Extents, m.Stats)
+	if ex := extentsOf(t, r, m); len(ex) != 2 || ex[1].Offset != 2*testChunk || m.Stats.BytesRead != int64(len(img)) {
+		t.Fatalf("extents %+v stats %+v", ex, m.Stats)
 	}
 	if m.SHA256 != sha(img) {
 		t.Fatal("checksum differs")
@@ -249,15 +249,17 @@ func TestCompression(t *testing.T) {
 	be := NewMemory()
 	r := newRepo(t, be, nil)
 	m := backup(t, r, image(1, "tr", 0), BackupOptions{})
-	text, _ := be.Get(context.Background(), chunkName(m.Extents[0].ID))
-	random, _ := be.Get(context.Background(), chunkName(m.Extents[1].ID))
+	ex := extentsOf(t, r, m)
+	text, _ := be.Get(context.Background(), chunkName(ex[0].ID))
+	random, _ := be.Get(context.Background(), chunkName(ex[1].ID))
+	page, _ := be.Get(context.Background(), pageName(m.Pages[0].ID))
 	if text[0] != headerZstd || len(text) > testChunk/2 {
 		t.Errorf("text chunk: header %d, %d bytes", text[0], len(text))
 	}
 	if random[0] != headerRaw || len(random) != testChunk+1 {
 		t.Errorf("random chunk: header %d, %d bytes", random[0], len(random))
 	}
-	if m.Stats.BytesStored != int64(len(text)+len(random)) || m.Stats.BytesNew != 2*testChunk {
+	if m.Stats.BytesStored != int64(len(text)+len(random)+len(page)) || m.Stats.BytesNew != 2*testChunk {
 		t.Errorf("stats %+v", m.Stats)
 	}
 }
@@ -271,7 +273,7 @@ func TestEncryptionHidesPlaintext(t *testing.T) {
 	copy(img[100:], marker)           // in a compressed chunk
 	copy(img[testChunk+100:], marker) // in a raw chunk
 	m := backup(t, r, img, BackupOptions{Source: map[string]string{"pool": string(marker)}, Method: string(marker)})
-	if n := len(m.Extents); n != 2 {
+	if n := len(extentsOf(t, r, m)); n != 2 {
 		t.Fatalf("%d extents", n)
 	}
 	var all []string
@@ -334,7 +336,7 @@ func TestFailedWriteChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	m, err := w.Commit(ctx)
-	if err != nil || m.SHA256 != sha(img) || len(m.Extents) != 2 {
+	if err != nil || m.SHA256 != sha(img) || len(extentsOf(t, r, m)) != 2 {
 		t.Fatalf("Commit: %v, %+v", err, m)
 	}
 }
@@ -348,6 +350,7 @@ func TestReuse(t *testing.T) {
 		r := newRepo(t, NewMemory(), key)
 		first := image(1, "rrzrt", 100)
 		m1 := backup(t, r, first, BackupOptions{})
+		ex1 := extentsOf(t, r, m1)
 		second := bytes.Clone(first)
 		copy(second[1*testChunk:], image(9, "r", 0))
 		full := backup(t, r, second, BackupOptions{Parent: m1})
@@ -362,17 +365,17 @@ func TestReuse(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		must(w.Reuse(m1.Extents[0]))
+		must(w.Reuse(ex1[0]))
 		must(w.Write(ctx, testChunk, second[testChunk:2*testChunk]))
-		must(w.Reuse(m1.Extents[2])) // offset 3 chunks: the hole at 2 stays a hole
-		if err := w.Reuse(m1.Extents[0]); err == nil {
+		must(w.Reuse(ex1[2])) // offset 3 chunks: the hole at 2 stays a hole
+		if err := w.Reuse(ex1[0]); err == nil {
 			t.Error("Reuse accepted a descending offset")
 		}
 		foreign := Extent{Offset: 4 * testChunk, Length: 100, ID: sha256ID([]byte("x"))}
-		if err := w.Reuse(foreign); err == nil || !strings.Contains(err.Error(), "not a chunk of the parent") {
+		if err := w.Reuse(foreign); err == nil || !strings.Contains(err.Error(), "not the parent backup's chunk there") {
 			t.Errorf("Reuse of a foreign chunk: %v", err)
 		}
-		must(w.Reuse(m1.Extents[3]))
+		must(w.Reuse(ex1[3]))
 		m2, err := w.Commit(ctx)
 		must(err)
 		if m2.SHA256 != "" || m2.Digest != full.Digest || m2.Stats.BytesReused != 2*testChunk+100 {

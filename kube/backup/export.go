@@ -4,11 +4,9 @@
 package backup
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -204,15 +202,19 @@ func run(ctx context.Context, repo *objectstore.Repository, w *objectstore.Backu
 	for i := range plan.Patch {
 		todo.Set(i)
 	}
-	reuse := reuser{w: w, todo: todo, extents: parent.Extents}
+	bases, err := patchBases(ctx, repo, parent, plan)
+	if err != nil {
+		return err
+	}
+	reuse := reuser{w: w, todo: todo, parent: repo.Cursor(ctx, parent)}
 	read := func(c *rbd.Chunk) error {
 		spans, ok := plan.Patch[c.Index]
 		if !ok {
 			return readWhole(r, c)
 		}
-		return patch(ctx, repo, r, parent, c, spans)
+		return patch(ctx, repo, r, bases, c, spans)
 	}
-	err := rbd.ReadChunksFunc(ctx, todo, r.Size, parallel, read, func(c rbd.Chunk) error {
+	err = rbd.ReadChunksFunc(ctx, todo, r.Size, parallel, read, func(c rbd.Chunk) error {
 		if err := reuse.until(int64(c.Off)); err != nil {
 			return err
 		}
@@ -232,12 +234,28 @@ func readWhole(r *rbd.SnapshotReader, c *rbd.Chunk) error {
 	return nil
 }
 
+// patchBases finds the parent backup's extents under the chunks the plan
+// patches: at most maxSpans of them, however large the backup.
+func patchBases(ctx context.Context, repo *objectstore.Repository, parent *objectstore.Manifest, plan *Plan) (map[uint64]objectstore.Extent, error) {
+	bases := map[uint64]objectstore.Extent{}
+	if len(plan.Patch) == 0 {
+		return bases, nil
+	}
+	x := repo.Extents(ctx, parent)
+	for e, ok := x.Next(); ok; e, ok = x.Next() {
+		if i := uint64(e.Offset) / plan.Read.Chunk; plan.Patch[i] != nil {
+			bases[i] = e
+		}
+	}
+	return bases, x.Err()
+}
+
 // patch builds chunk c from the parent backup's chunk at the same offset
 // (zeros if it had none) with the changed spans read from Ceph.
-func patch(ctx context.Context, repo *objectstore.Repository, r *rbd.SnapshotReader, parent *objectstore.Manifest,
+func patch(ctx context.Context, repo *objectstore.Repository, r *rbd.SnapshotReader, bases map[uint64]objectstore.Extent,
 	c *rbd.Chunk, spans []Span) error {
 	clear(c.Data)
-	if e, ok := extentAt(parent.Extents, int64(c.Off)); ok {
+	if e, ok := bases[c.Index]; ok {
 		if e.Length != int64(len(c.Data)) {
 			return readWhole(r, c) // the image was resized
 		}
@@ -256,35 +274,22 @@ func patch(ctx context.Context, repo *objectstore.Repository, r *rbd.SnapshotRea
 	return nil
 }
 
-func extentAt(extents []objectstore.Extent, off int64) (objectstore.Extent, bool) {
-	i, ok := slices.BinarySearchFunc(extents, off, func(e objectstore.Extent, off int64) int { return cmp.Compare(e.Offset, off) })
-	if !ok {
-		return objectstore.Extent{}, false
-	}
-	return extents[i], true
-}
-
 // reuser hands the parent's extents that the plan leaves alone to the
 // writer, in offset order.
 type reuser struct {
-	w       *objectstore.BackupWriter
-	todo    rbd.Bitmap
-	extents []objectstore.Extent
-	next    int
+	w      *objectstore.BackupWriter
+	todo   rbd.Bitmap
+	parent *objectstore.ExtentCursor
 }
 
 // until reuses the parent's untouched extents that start before off.
 func (u *reuser) until(off int64) error {
-	for ; u.next < len(u.extents) && u.extents[u.next].Offset < off; u.next++ {
-		e := u.extents[u.next]
+	return u.parent.Before(off, func(e objectstore.Extent) error {
 		if u.todo.Has(uint64(e.Offset) / u.todo.Chunk) {
-			continue
+			return nil
 		}
-		if err := u.w.Reuse(e); err != nil {
-			return err
-		}
-	}
-	return nil
+		return u.w.Reuse(e)
+	})
 }
 
 func progress(fn func(objectstore.Stats, uint64), total uint64) func(objectstore.Stats) {

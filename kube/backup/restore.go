@@ -108,27 +108,37 @@ func readBack(ctx context.Context, repo *objectstore.Repository, t Target, m *ob
 	if err != nil {
 		return err
 	}
-	next := 0
+	// Every extent of the backup must be read back, in order, and nothing else.
+	x := repo.Extents(ctx, m)
+	want, more := x.Next()
+	n := 0
 	err = r.ReadChunks(ctx, bm, parallel, func(c rbd.Chunk) error {
 		if allZero(c.Data) {
 			return nil
 		}
 		got := objectstore.Extent{Offset: int64(c.Off), Length: int64(len(c.Data)), ID: repo.ChunkID(c.Data)}
-		if next >= len(m.Extents) || m.Extents[next] != got {
+		if !more || want != got {
+			if err := x.Err(); err != nil {
+				return err
+			}
 			return fmt.Errorf("%s reads back differently from backup %s at offset %d: the image in Ceph is not what was restored",
 				t.spec(), m.ID, c.Off)
 		}
-		next++
+		n++
+		want, more = x.Next()
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	if next != len(m.Extents) {
+	if more {
 		return fmt.Errorf("%s reads back as zeros at offset %d where backup %s has data: the image in Ceph is not what was restored",
-			t.spec(), m.Extents[next].Offset, m.ID)
+			t.spec(), want.Offset, m.ID)
 	}
-	slog.Info("read back", "image", t.spec(), "chunks", next)
+	if err := x.Err(); err != nil {
+		return err
+	}
+	slog.Info("read back", "image", t.spec(), "chunks", n)
 	return nil
 }
 

@@ -184,3 +184,56 @@ func TestWriterMemoryIsBounded(t *testing.T) {
 		t.Errorf("heap grew from %d to %d bytes over %d chunks", base, peak, n)
 	}
 }
+
+// TestStreamMemoryIsBounded: loading and reading a backup of 40,000
+// chunks holds one page of extents at a time, never the list (which,
+// loaded whole, would take about 2 MB).
+func TestStreamMemoryIsBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("reads 2.5 GiB through the hasher")
+	}
+	smallPages(t, 256)
+	ctx := context.Background()
+	r := newRepo(t, NewMemory(), nil)
+	const n = 40000
+	data := image(1, "r", 0)
+	w, err := r.NewBackup(ctx, BackupOptions{Size: n * testChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if err := w.Write(ctx, int64(i)*testChunk, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	committed, err := w.Commit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := committed.ID
+	committed, w = nil, nil
+	heap := func() uint64 {
+		runtime.GC()
+		var s runtime.MemStats
+		runtime.ReadMemStats(&s)
+		return s.HeapAlloc
+	}
+	base := heap()
+	m, err := r.LoadBackup(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peak, calls := heap(), 0
+	err = r.Stream(ctx, m, 4, func(int64, []byte) error {
+		if calls++; calls%5000 == 0 {
+			peak = max(peak, heap())
+		}
+		return nil
+	})
+	if err != nil || calls != n {
+		t.Fatalf("Stream: %v after %d of %d chunks", err, calls, n)
+	}
+	if peak > base+1<<20 {
+		t.Errorf("heap grew from %d to %d bytes reading %d chunks", base, peak, n)
+	}
+}

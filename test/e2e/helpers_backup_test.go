@@ -85,6 +85,15 @@ func newBucket(t *testing.T) *bucket {
 	return b
 }
 
+// removeAtEnd removes bucket name and its objects when the test ends, for
+// buckets the code under test creates itself.
+func removeAtEnd(t *testing.T, name string) string {
+	t.Helper()
+	b := &bucket{t: t, name: name, s3: minioClient(t, env.Get("AWS_ACCESS_KEY_ID"), env.Get("AWS_SECRET_ACCESS_KEY"))}
+	t.Cleanup(b.remove)
+	return name
+}
+
 // newRepo creates a bucket and a repository in it (repo init
 // --s3-create-bucket), encrypted when key is not "".
 func newRepo(t *testing.T, chunkSize, key string) *bucket {

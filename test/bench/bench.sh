@@ -118,6 +118,10 @@ step() {
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
+# The tools' buckets are kept until the end of the run (cleanup): MinIO
+# deletes a bucket's objects in the background, at up to a core's worth of CPU
+# and much disk I/O, which would slow whichever tool ran next.
+
 sha_of() { rbd export --no-progress "$1" - | sha256sum | awk '{print $1}'; }
 
 # check_restore TOOL N IMAGE: the restored image must equal snapshot N; then delete it.
@@ -225,7 +229,6 @@ bench_tool() {
     check_restore "$t" "$n" "$BENCH_NS-restore-$t-$n"
     log "$t: restore of snapshot $n ${R[$t.restore$n.s]} s, peak RSS ${R[$t.restore$n.rss]} MB, sha256 ${R[$t.restore$n.ok]}"
   done
-  s3 rb "$bucket"
   rm -rf "$WORK/restic-cache" "$WORK/kopia"
 }
 
@@ -247,7 +250,6 @@ bench_chunk() {
   R[$key.objects]=$(objects "$bucket")
   log "lifeboat --chunk-size $cs: full ${R[$key.full.s]} s, $(mib "${R[$key.full.stored]}") MiB;" \
     "after 1% change +$(mib "${R[$key.incr.stored]}") MiB, ${R[$key.objects]} objects"
-  s3 rb "$bucket"
 }
 
 # ---------------------------------------------------------------------------

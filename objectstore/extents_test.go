@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // smallPages makes pages of n extents for one test.
@@ -235,5 +236,34 @@ func TestStreamMemoryIsBounded(t *testing.T) {
 	}
 	if peak > base+1<<20 {
 		t.Errorf("heap grew from %d to %d bytes reading %d chunks", base, peak, n)
+	}
+}
+
+// TestReadsVersion2: a stored version 2 manifest, its extents inline, still
+// loads, streams and serves as the parent of a version 3 incremental.
+func TestReadsVersion2(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t, NewMemory(), []byte("k"))
+	img := image(4, "rtzr", 9)
+	v2 := asV2(t, r, backup(t, r, img, BackupOptions{}))
+	v2.ID = newBackupID(v2.Created.Add(-time.Second))
+	if err := r.saveManifest(ctx, v2); err != nil {
+		t.Fatal(err)
+	}
+	m, err := r.LoadBackup(ctx, v2.ID)
+	if err != nil || m.Version != 2 || len(m.Pages) != 0 || len(m.Extents) != 3 {
+		t.Fatalf("LoadBackup: %v, %+v", err, m)
+	}
+	if got, err := restore(r, m); err != nil || !bytes.Equal(got, img) {
+		t.Fatalf("restore of a version 2 backup: %v", err)
+	}
+	next := bytes.Clone(img)
+	copy(next[testChunk:], image(5, "t", 0))
+	m3 := backup(t, r, next, BackupOptions{Parent: m})
+	if m3.Version != ManifestVersion || m3.Stats.ChunksNew != 1 {
+		t.Errorf("incremental on a version 2 parent: version %d, %d chunks new", m3.Version, m3.Stats.ChunksNew)
+	}
+	if got, err := restore(r, m3); err != nil || !bytes.Equal(got, next) {
+		t.Fatalf("restore of the incremental: %v", err)
 	}
 }

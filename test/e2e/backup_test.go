@@ -529,9 +529,24 @@ func TestBackupBadInput(t *testing.T) {
 		if _, ok := repo.objects("data/")[victim]; !ok {
 			t.Fatalf("no chunk %s in the repository: %v", victim, repo.objects("data/"))
 		}
+		check := func(id string) result {
+			return runLifeboat(t, append([]string{"backups", "check", id}, repo.flags()...)...)
+		}
+		if r := check(e.ID); r.code != 0 || !strings.Contains(r.stdout, "OK") {
+			t.Fatalf("backups check of an intact backup: exit %d: %s%s", r.code, r.stdout, r.stderr)
+		}
 		garbage := make([]byte, 1+4*MiB)
 		rand.NewChaCha8([32]byte{1}).Read(garbage[1:])
 		repo.put(victim, garbage)
+		// backups check finds the damage without restoring: exit 1, the
+		// chunk and its offset named.
+		if r := check(e.ID); r.code != 1 || !strings.Contains(r.stdout, "Damaged") || !strings.Contains(r.stdout, id) ||
+			!strings.Contains(r.stdout, "offset 20971520") {
+			t.Errorf("backups check of a backup with a corrupt chunk: exit %d: %s%s", r.code, r.stdout, r.stderr)
+		}
+		if r := check("20990101T000000.000Z-00000000"); r.code != 2 || !strings.Contains(r.stderr, "no backup") {
+			t.Errorf("backups check of an unknown id: exit %d: %s", r.code, r.stderr)
+		}
 
 		r := restore(e.ID, "corrupt")
 		expect2(t, r, id)

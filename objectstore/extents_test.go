@@ -146,9 +146,6 @@ func TestDamagedPage(t *testing.T) {
 // number of chunks. 40,000 chunks (2.5 GiB at 64 KiB) held as a list would
 // take over 2 MB; the writer holds one page.
 func TestWriterMemoryIsBounded(t *testing.T) {
-	if testing.Short() {
-		t.Skip("writes 2.5 GiB through the hasher")
-	}
 	smallPages(t, 256)
 	ctx := context.Background()
 	r := newRepo(t, discard{}, nil) // stores nothing, holds nothing
@@ -190,9 +187,6 @@ func TestWriterMemoryIsBounded(t *testing.T) {
 // chunks holds one page of extents at a time, never the list (which,
 // loaded whole, would take about 2 MB).
 func TestStreamMemoryIsBounded(t *testing.T) {
-	if testing.Short() {
-		t.Skip("reads 2.5 GiB through the hasher")
-	}
 	smallPages(t, 256)
 	ctx := context.Background()
 	r := newRepo(t, NewMemory(), nil)

@@ -18,8 +18,8 @@ import (
 // offset (a damaged extents page with a *PageError). Every chunk is
 // checked against its id, and the extents against the manifest's digest
 // before the first call to fn: together they prove the stream bit-exact.
-// Memory is bounded: parallel chunks and one page of extents. A version 1 manifest, which has no digest, is
-// checked against its whole-stream SHA-256 once every extent has been
+// Memory is bounded: parallel chunks and one page of extents. A version 1
+// manifest, which has no digest, is checked against its whole-stream SHA-256 once every extent has been
 // passed to fn; a mismatch returns an error wrapping ErrChecksumMismatch,
 // and whatever fn wrote must then be treated as bad.
 func (r *Repository) Stream(ctx context.Context, m *Manifest, parallel int, fn func(off int64, data []byte) error) error {
@@ -52,9 +52,6 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 	if err := m.check(r.cfg.ChunkSize); err != nil {
 		return fmt.Errorf("%w: backup %s: %v", ErrCorrupt, m.ID, err)
 	}
-	if err := m.checkDigest(); err != nil {
-		return err
-	}
 	if err := r.checkExtents(ctx, m); err != nil {
 		return err
 	}
@@ -74,7 +71,7 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 			if !ok {
 				if err := x.Err(); err != nil {
 					ch <- fetched{err: err}
-					pending <- ch // capacity: the consumer reads until close
+					pending <- ch // the consumer reads, or drains, until close
 				}
 				return
 			}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -111,7 +112,7 @@ func newBackupsCheckCmd(g *globals) *cobra.Command {
 			results := []checkResult{}
 			damaged := 0
 			for _, id := range ids {
-				res, err := checkBackup(cmd, repo, id, rf.parallel)
+				res, err := checkBackup(cmd.Context(), repo, id, rf.parallel)
 				if err != nil {
 					return err
 				}
@@ -147,10 +148,10 @@ func newBackupsCheckCmd(g *globals) *cobra.Command {
 // checkBackup verifies one backup. Damage (a missing or corrupt chunk or
 // page, a wrong digest) is a result; anything else (S3 unreachable, no
 // such backup) is an error: the check could not be made.
-func checkBackup(cmd *cobra.Command, repo *objectstore.Repository, id string, parallel int) (checkResult, error) {
-	m, err := repo.LoadBackup(cmd.Context(), id)
+func checkBackup(ctx context.Context, repo *objectstore.Repository, id string, parallel int) (checkResult, error) {
+	m, err := repo.LoadBackup(ctx, id)
 	if err == nil {
-		err = repo.Verify(cmd.Context(), m, parallel)
+		err = repo.Verify(ctx, m, parallel)
 	}
 	var ce *objectstore.ChunkError
 	var pe *objectstore.PageError

@@ -118,10 +118,6 @@ step() {
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
-# The tools' buckets are kept until the end of the run (cleanup): MinIO
-# deletes a bucket's objects in the background, at up to a core's worth of CPU
-# and much disk I/O, which would slow whichever tool ran next.
-
 sha_of() { rbd export --no-progress "$1" - | sha256sum | awk '{print $1}'; }
 
 # check_restore TOOL N IMAGE: the restored image must equal snapshot N; then delete it.
@@ -201,8 +197,11 @@ lifeboat_restore() {
     ${BENCH_LB_PARALLEL:+--parallel "$BENCH_LB_PARALLEL"}
 }
 
-# bench_tool TOOL: both backups and both restores of TOOL in a fresh bucket,
-# which is deleted at the end (MinIO's disk, and the OSD holds one restore at a time).
+# bench_tool TOOL: both backups and both restores of TOOL in a fresh bucket.
+# Buckets are kept until the end of the run (cleanup): MinIO deletes a bucket's
+# objects in the background, at up to a core's worth of CPU and much disk I/O,
+# which would slow whichever tool ran next. Restored images are deleted at once
+# (the OSD holds one restore at a time).
 bench_tool() {
   local t=$1 bucket=$BENCH_NS-$1 before n
   log "$t: new repository in bucket $bucket (load average $(load1))"

@@ -248,7 +248,7 @@ func TestAgentExportsVeleroSnapshots(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", env.Get("AWS_ACCESS_KEY_ID"))
 	t.Setenv("AWS_SECRET_ACCESS_KEY", env.Get("AWS_SECRET_ACCESS_KEY"))
 	kc := saKubeconfig(t, w)
-	bucket := removeAtEnd(t, "agent-"+w.id)
+	bucket := removedAtEnd(t, "agent-"+w.id).name
 	vol := w.volume("db", 32*MiB)
 	labelled := w.snapshot(vol, "nightly")
 	unlabelled := w.snapshot(vol, "")
@@ -346,7 +346,7 @@ func TestAgentLeaderKilledMidExport(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", env.Get("AWS_ACCESS_KEY_ID"))
 	t.Setenv("AWS_SECRET_ACCESS_KEY", env.Get("AWS_SECRET_ACCESS_KEY"))
 	kc := saKubeconfig(t, w)
-	bucket := removeAtEnd(t, "agent-"+w.id)
+	bucket := removedAtEnd(t, "agent-"+w.id).name
 	ctx := context.Background()
 	vol, err := w.sim.CreateVolume(ctx, w.id, "big", 512*MiB)
 	if err != nil {
@@ -396,7 +396,7 @@ func TestAgentRejectsBadSettings(t *testing.T) {
 	w := newWorld(t)
 	t.Setenv("AWS_ACCESS_KEY_ID", env.Get("AWS_ACCESS_KEY_ID"))
 	t.Setenv("AWS_SECRET_ACCESS_KEY", env.Get("AWS_SECRET_ACCESS_KEY"))
-	bucket := removeAtEnd(t, "agent-"+w.id)
+	bucket := removedAtEnd(t, "agent-"+w.id).name
 	good := agentConfig(t, bucket, "")
 	for name, c := range map[string]struct {
 		config  string

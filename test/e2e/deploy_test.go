@@ -1015,7 +1015,7 @@ current-context: lifeboat
 	if addr, _ := agentConf["metricsAddress"].(string); !strings.HasSuffix(addr, ":9090") {
 		t.Errorf("example config metricsAddress %q, the Deployment's metrics port is 9090", addr)
 	}
-	s3["endpoint"], s3["bucket"], s3["createBucket"] = env.Get("S3_ENDPOINT"), removeAtEnd(t, "deploy-"+w.id), true
+	s3["endpoint"], s3["bucket"], s3["createBucket"] = env.Get("S3_ENDPOINT"), removedAtEnd(t, "deploy-"+w.id).name, true
 	keyFile := filepath.Join(dir, "key")
 	writeFile(t, keyFile, "lifeboat-e2e-"+w.id+"-key\n")
 	conf["encryptionKeyFile"] = keyFile

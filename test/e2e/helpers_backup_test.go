@@ -79,19 +79,16 @@ type bucket struct {
 // create it.
 func newBucket(t *testing.T) *bucket {
 	t.Helper()
-	b := &bucket{t: t, name: "lb-e2e-" + strings.ReplaceAll(uuid.NewString(), "-", "")[:16],
-		s3: minioClient(t, env.Get("AWS_ACCESS_KEY_ID"), env.Get("AWS_SECRET_ACCESS_KEY"))}
-	t.Cleanup(b.remove)
-	return b
+	return removedAtEnd(t, "lb-e2e-"+strings.ReplaceAll(uuid.NewString(), "-", "")[:16])
 }
 
-// removeAtEnd removes bucket name and its objects when the test ends, for
-// buckets the code under test creates itself.
-func removeAtEnd(t *testing.T, name string) string {
+// removedAtEnd is bucket name, removed with its objects when the test ends;
+// also for buckets the code under test creates itself.
+func removedAtEnd(t *testing.T, name string) *bucket {
 	t.Helper()
 	b := &bucket{t: t, name: name, s3: minioClient(t, env.Get("AWS_ACCESS_KEY_ID"), env.Get("AWS_SECRET_ACCESS_KEY"))}
 	t.Cleanup(b.remove)
-	return name
+	return b
 }
 
 // newRepo creates a bucket and a repository in it (repo init

@@ -1,13 +1,16 @@
 package objectstore
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
+	"runtime"
 	"slices"
-	"sync"
 
-	"github.com/klauspost/compress/zstd"
+	"github.com/DataDog/zstd"
 )
 
 // ChunkID is a chunk's content address (see keys.id).
@@ -56,27 +59,38 @@ const (
 	headerZstd byte = 1
 )
 
-var (
-	zstdOnce    sync.Once
-	zstdEnc     *zstd.Encoder
-	chunkDec    *zstd.Decoder // output capped at the expected chunk length
-	manifestDec *zstd.Decoder // output capped at maxManifest
-)
+// chunkLevel is zstd's own default level, through libzstd (cgo). On the
+// benchmark volume's 1280 chunks it stores 941 MiB in 2.4 s of one core,
+// where klauspost/compress at its fastest level stored 948 MiB in 2.7 s,
+// and it decodes text at about twice klauspost's speed. Level 2 is
+// faster still but stores slightly more than restic does.
+const chunkLevel = 3
 
-// codecs are shared: EncodeAll/DecodeAll are safe for concurrent use.
-// Both decoders bound their output, so a hostile object cannot balloon.
-func codecs() (*zstd.Encoder, *zstd.Decoder, *zstd.Decoder) {
-	zstdOnce.Do(func() {
-		// No zstd CRC: the content address already checks every byte.
-		// A 1 MiB window and lower-memory encoders keep each of the
-		// GOMAXPROCS encoders small: chunks are compressed one at a time.
-		zstdEnc = must(zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderCRC(false),
-			zstd.WithWindowSize(1<<20), zstd.WithLowerEncoderMem(true)))
-		chunkDec = must(zstd.NewReader(nil, zstd.WithDecodeAllCapLimit(true), zstd.WithDecoderLowmem(true)))
-		manifestDec = must(zstd.NewReader(nil, zstd.WithDecoderMaxMemory(maxManifest)))
-	})
-	return zstdEnc, chunkDec, manifestDec
+// zctxs holds GOMAXPROCS libzstd contexts (nil until first used). A
+// context serves one (de)compression at a time; taking one blocks while
+// all are busy. Reusing them keeps their tables (about 1 MiB of C heap
+// each at 1 MiB chunks) warm rather than allocated and faulted in per
+// chunk, and bounds that memory whatever the parallelism. It also runs no
+// more compressions than there are cores: a cgo call holds an OS thread
+// outside GOMAXPROCS, and 8 upload workers compressing on 8 threads of 2
+// cores evict each other's tables from the caches.
+var zctxs = func() chan zstd.Ctx {
+	n := runtime.GOMAXPROCS(0)
+	c := make(chan zstd.Ctx, n)
+	for range n {
+		c <- nil
+	}
+	return c
+}()
+
+func getZctx() zstd.Ctx {
+	if c := <-zctxs; c != nil {
+		return c
+	}
+	return zstd.NewCtx()
 }
+
+func putZctx(c zstd.Ctx) { zctxs <- c }
 
 func must[T any](v T, err error) T {
 	if err != nil {
@@ -85,17 +99,51 @@ func must[T any](v T, err error) T {
 	return v
 }
 
+// compress appends the zstd frame of plain to dst.
+func compress(dst, plain []byte) []byte {
+	c := getZctx()
+	defer putZctx(c)
+	dst = slices.Grow(dst, zstd.CompressBound(len(plain)))
+	out := must(c.CompressLevel(dst[len(dst):cap(dst)], plain, chunkLevel)) // in place: the room is there
+	return dst[:len(dst)+len(out)]
+}
+
+// decompress decodes a frame of exactly size bytes (a chunk, its length
+// known from the extent) or, with size 0, of at most maxManifest bytes (a
+// manifest or a page). Either way a hostile object cannot balloon.
+func decompress(payload []byte, size int) ([]byte, error) {
+	if len(payload) == 0 {
+		return nil, errors.New("no zstd frame")
+	}
+	if size > 0 {
+		c := getZctx()
+		defer putZctx(c)
+		out := make([]byte, size)
+		n, err := c.DecompressInto(out, payload)
+		if err == nil && n != size {
+			err = fmt.Errorf("decodes to %d bytes, want %d", n, size)
+		}
+		return out, err
+	}
+	zr := zstd.NewReader(bytes.NewReader(payload))
+	defer zr.Close()
+	out, err := io.ReadAll(io.LimitReader(zr, maxManifest+1))
+	if err == nil && len(out) > maxManifest {
+		err = fmt.Errorf("decodes to more than %d bytes", maxManifest)
+	}
+	return out, err
+}
+
 // encode turns plaintext into the stored form, reusing dst's storage.
 // Compression is kept only when it saves at least 1/16: a marginal saving
 // is not worth a decompression on every restore.
 func (r *Repository) encode(dst []byte, name string, plain []byte) []byte {
-	enc, _, _ := codecs()
 	pre := 0
 	if r.keys != nil {
 		pre = nonceSize
 	}
 	dst = append(dst[:0], zeros[:pre]...) // room for the nonce
-	dst = enc.EncodeAll(plain, append(dst, headerZstd))
+	dst = compress(append(dst, headerZstd), plain)
 	if len(dst)-pre-1 > len(plain)-len(plain)/16 {
 		dst = append(append(dst[:pre], headerRaw), plain...)
 	}
@@ -130,12 +178,7 @@ func (r *Repository) decode(name string, obj []byte, size int) ([]byte, error) {
 	case headerRaw:
 		return payload, nil
 	case headerZstd:
-		_, dec, mdec := codecs()
-		dst := make([]byte, 0, size)
-		if size == 0 {
-			dec, dst = mdec, nil
-		}
-		out, err := dec.DecodeAll(payload, dst)
+		out, err := decompress(payload, size)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s: zstd: %v", ErrCorrupt, name, err)
 		}

@@ -208,3 +208,28 @@ func TestManifestTampering(t *testing.T) {
 		t.Fatalf("Backups with a bad manifest: %v", err)
 	}
 }
+
+// TestHostileZstdChunk: in a plain repository anyone with write access to
+// the bucket can plant an object. A zstd chunk that is empty, truncated,
+// or decodes to more (or fewer) bytes than its extent must fail as a
+// corrupt chunk, never panic or allocate past the chunk size.
+func TestHostileZstdChunk(t *testing.T) {
+	ctx := context.Background()
+	big := compress(nil, make([]byte, 4*testChunk)) // a valid frame, 4× too long
+	short := compress(nil, []byte("short"))
+	for name, payload := range map[string][]byte{
+		"empty": {}, "garbage": []byte("not zstd"), "too long": big, "too short": short,
+		"truncated": compress(nil, image(1, "t", 0))[:100],
+	} {
+		be := NewMemory()
+		r := newRepo(t, be, nil)
+		m := backup(t, r, image(1, "t", 0), BackupOptions{})
+		victim := extentsOf(t, r, m)[0]
+		be.Put(ctx, chunkName(victim.ID), append([]byte{headerZstd}, payload...))
+		err := r.Verify(ctx, m, 1)
+		var ce *ChunkError
+		if !errors.As(err, &ce) || ce.ID != victim.ID || !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s: got %v, want a corrupt-chunk error for %s", name, err, victim.ID)
+		}
+	}
+}

@@ -109,16 +109,21 @@ func compress(dst, plain []byte) []byte {
 }
 
 // decompress decodes a frame of exactly size bytes (a chunk, its length
-// known from the extent) or, with size 0, of at most maxManifest bytes (a
-// manifest or a page). Either way a hostile object cannot balloon.
-func decompress(payload []byte, size int) ([]byte, error) {
+// known from the extent; into dst's storage if it is large enough) or,
+// with size 0, of at most maxManifest bytes (a manifest or a page).
+// Either way a hostile object cannot balloon.
+func decompress(dst, payload []byte, size int) ([]byte, error) {
 	if len(payload) == 0 {
 		return nil, errors.New("no zstd frame")
 	}
 	if size > 0 {
 		c := getZctx()
 		defer putZctx(c)
-		out := make([]byte, size)
+		out := dst[:0]
+		if cap(out) < size {
+			out = make([]byte, size)
+		}
+		out = out[:size]
 		n, err := c.DecompressInto(out, payload)
 		if err == nil && n != size {
 			err = fmt.Errorf("decodes to %d bytes, want %d", n, size)
@@ -161,29 +166,37 @@ func (r *Repository) encode(dst []byte, name string, plain []byte) []byte {
 // decode reverses encode. size is the plaintext's length if known (a
 // chunk's, from its extent), or 0 (a manifest, at most maxManifest).
 func (r *Repository) decode(name string, obj []byte, size int) ([]byte, error) {
+	plain, _, err := r.decodeTo(nil, name, obj, size)
+	return plain, err
+}
+
+// decodeTo is decode without allocating where it can: the plaintext is in
+// obj's own storage (decrypted in place), or, when it was decompressed
+// (unpacked is then true), in dst's if that is large enough.
+func (r *Repository) decodeTo(dst []byte, name string, obj []byte, size int) (plain []byte, unpacked bool, err error) {
 	if r.keys != nil {
 		if len(obj) < nonceSize+r.keys.aead.Overhead()+1 {
-			return nil, fmt.Errorf("%w: %s is too short", ErrCorrupt, name)
+			return nil, false, fmt.Errorf("%w: %s is too short", ErrCorrupt, name)
 		}
-		plain, err := r.keys.aead.Open(obj[nonceSize:nonceSize], obj[:nonceSize], obj[nonceSize:], []byte(name))
+		opened, err := r.keys.aead.Open(obj[nonceSize:nonceSize], obj[:nonceSize], obj[nonceSize:], []byte(name))
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s fails authentication (damaged, or written with another key)", ErrCorrupt, name)
+			return nil, false, fmt.Errorf("%w: %s fails authentication (damaged, or written with another key)", ErrCorrupt, name)
 		}
-		obj = plain
+		obj = opened
 	}
 	if len(obj) == 0 {
-		return nil, fmt.Errorf("%w: %s is empty", ErrCorrupt, name)
+		return nil, false, fmt.Errorf("%w: %s is empty", ErrCorrupt, name)
 	}
 	switch header, payload := obj[0], obj[1:]; header {
 	case headerRaw:
-		return payload, nil
+		return payload, false, nil
 	case headerZstd:
-		out, err := decompress(payload, size)
+		out, err := decompress(dst, payload, size)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s: zstd: %v", ErrCorrupt, name, err)
+			return nil, false, fmt.Errorf("%w: %s: zstd: %v", ErrCorrupt, name, err)
 		}
-		return out, nil
+		return out, true, nil
 	default:
-		return nil, fmt.Errorf("%w: %s has unknown encoding %d", ErrCorrupt, name, header)
+		return nil, false, fmt.Errorf("%w: %s has unknown encoding %d", ErrCorrupt, name, header)
 	}
 }

@@ -53,9 +53,20 @@ func (r *Repository) put(ctx context.Context, name string, data []byte) error {
 	return retry(ctx, func() error { return r.be.Put(ctx, name, data) })
 }
 
-func (r *Repository) get(ctx context.Context, name string) (data []byte, err error) {
+func (r *Repository) get(ctx context.Context, name string) ([]byte, error) {
+	return r.getInto(ctx, name, nil)
+}
+
+// getInto is get into buf's storage, if the backend can (an Into) and buf
+// is large enough.
+func (r *Repository) getInto(ctx context.Context, name string, buf []byte) (data []byte, err error) {
+	into, ok := r.be.(Into)
 	err = retry(ctx, func() error {
-		data, err = r.be.Get(ctx, name)
+		if ok {
+			data, err = into.GetInto(ctx, name, buf)
+		} else {
+			data, err = r.be.Get(ctx, name)
+		}
 		return err
 	})
 	return data, err

@@ -210,6 +210,10 @@ func (s *S3) Put(ctx context.Context, name string, data []byte) error {
 }
 
 func (s *S3) Get(ctx context.Context, name string) ([]byte, error) {
+	return s.GetInto(ctx, name, nil)
+}
+
+func (s *S3) GetInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
 	obj, err := s.client.GetObject(ctx, s.bucket, s.prefix+name, minio.GetObjectOptions{})
 	if err != nil {
 		return nil, s.wrap("reading", name, err)
@@ -219,7 +223,11 @@ func (s *S3) Get(ctx context.Context, name string) ([]byte, error) {
 	if err != nil {
 		return nil, s.wrap("reading", name, err)
 	}
-	data := make([]byte, info.Size)
+	data := buf[:0]
+	if int64(cap(data)) < info.Size {
+		data = make([]byte, info.Size)
+	}
+	data = data[:info.Size]
 	if _, err := io.ReadFull(obj, data); err != nil {
 		return nil, s.wrap("reading", name, err)
 	}

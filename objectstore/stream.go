@@ -42,7 +42,32 @@ func (r *Repository) Verify(ctx context.Context, m *Manifest, parallel int) erro
 type fetched struct {
 	e    Extent
 	data []byte
+	bufs chunkBufs // back to the free list once fn is done with data
 	err  error
+}
+
+// chunkBufs are the buffers one fetched chunk lives in: the object as
+// downloaded (decrypted in place) and, if compressed, the plaintext.
+type chunkBufs struct{ obj, plain []byte }
+
+// freeList recycles chunk buffers. It is bounded, and an empty list just
+// means a new buffer: the prefetch window, not the list, bounds memory.
+type freeList chan chunkBufs
+
+func (f freeList) get() chunkBufs {
+	select {
+	case b := <-f:
+		return b
+	default:
+		return chunkBufs{}
+	}
+}
+
+func (f freeList) put(b chunkBufs) {
+	select {
+	case f <- b:
+	default:
+	}
 }
 
 func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn func(int64, []byte) error, fill bool) error {
@@ -60,8 +85,10 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	// pending holds one result channel per extent, in order; its capacity
-	// is the prefetch window, which bounds memory.
+	// is the prefetch window, which bounds memory. Buffers are recycled:
+	// a restore then touches the same few megabytes over and over.
 	pending := make(chan chan fetched, parallel)
+	free := make(freeList, parallel+2)
 	go func() {
 		defer close(pending)
 		x := r.Extents(ctx, m)
@@ -81,8 +108,9 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 				return
 			}
 			go func() {
-				data, err := r.fetch(ctx, e)
-				ch <- fetched{e, data, err}
+				bufs := free.get()
+				data, err := r.fetchInto(ctx, e, &bufs)
+				ch <- fetched{e, data, bufs, err}
 			}()
 		}
 	}()
@@ -111,6 +139,7 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 		if err := fn(e.Offset, got.data); err != nil {
 			return err
 		}
+		free.put(got.bufs)
 		s.next = e.Offset + e.Length
 	}
 	if err := ctx.Err(); err != nil {
@@ -164,11 +193,22 @@ func (r *Repository) ChunkID(data []byte) ChunkID { return r.keys.id(data) }
 
 // fetch downloads, decodes and verifies the chunk of extent e.
 func (r *Repository) fetch(ctx context.Context, e Extent) ([]byte, error) {
+	return r.fetchInto(ctx, e, &chunkBufs{})
+}
+
+// fetchInto is fetch in (and updating) bufs: the plaintext returned is
+// inside bufs.obj or bufs.plain.
+func (r *Repository) fetchInto(ctx context.Context, e Extent, bufs *chunkBufs) ([]byte, error) {
 	name := chunkName(e.ID)
-	obj, err := r.get(ctx, name)
+	obj, err := r.getInto(ctx, name, bufs.obj)
 	if err == nil {
+		bufs.obj = obj
 		var data []byte
-		if data, err = r.decode(name, obj, int(e.Length)); err == nil {
+		var unpacked bool
+		if data, unpacked, err = r.decodeTo(bufs.plain, name, obj, int(e.Length)); err == nil {
+			if unpacked {
+				bufs.plain = data
+			}
 			if int64(len(data)) == e.Length && r.keys.id(data) == e.ID {
 				return data, nil
 			}

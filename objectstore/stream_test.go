@@ -3,6 +3,7 @@ package objectstore
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -230,6 +231,28 @@ func TestHostileZstdChunk(t *testing.T) {
 		var ce *ChunkError
 		if !errors.As(err, &ce) || ce.ID != victim.ID || !errors.Is(err, ErrCorrupt) {
 			t.Errorf("%s: got %v, want a corrupt-chunk error for %s", name, err, victim.ID)
+		}
+	}
+}
+
+// TestStreamReusesBuffers: streaming recycles its chunk buffers, so the
+// bytes allocated do not grow with the backup (each new buffer is memory
+// the kernel must fault in, and garbage that raises the peak RSS).
+func TestStreamReusesBuffers(t *testing.T) {
+	ctx := context.Background()
+	for _, key := range [][]byte{nil, []byte("k")} {
+		r := newRepo(t, NewMemory(), key)
+		m := backup(t, r, image(1, strings.Repeat("rt", 100), 0), BackupOptions{}) // 200 chunks, half compressed
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		if err := r.Stream(ctx, m, 4, func(int64, []byte) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+		runtime.ReadMemStats(&after)
+		// At most the window's buffers (parallel+2 objects and plaintexts)
+		// and some change; without reuse this is 300 chunks' worth.
+		if got := after.TotalAlloc - before.TotalAlloc; got > 40*testChunk {
+			t.Errorf("key %q: streaming 200 chunks allocated %d bytes (%d chunks' worth)", key, got, got/testChunk)
 		}
 	}
 }

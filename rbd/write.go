@@ -41,28 +41,39 @@ func ParseFeatures(list string) (uint64, error) {
 }
 
 // ImageWriter writes an image with parallel writers; see CreateImage.
+//
+// Contiguous writes that fall in one RADOS object are gathered into one
+// write of up to maxSpan bytes: a restore's 1 MiB chunks then cost the
+// OSD and librbd one operation per 4 MiB object instead of four, as
+// `rbd import` does.
 type ImageWriter struct {
 	Spec  string
 	img   *librbd.Image
 	ioctx *rados.IOContext
+	span  uint64 // the most one write gathers: an object, at most maxSpan
 
 	jobs chan writeJob
 	bufs chan []byte
 	wg   sync.WaitGroup
 
+	cur    []byte // the write being gathered (a buffer from bufs), or nil
+	curOff uint64
+
 	mu  sync.Mutex
 	err error
 }
 
+// maxSpan caps a gathered write (objects can be up to 32 MiB).
+const maxSpan = 4 << 20
+
 type writeJob struct {
 	off  uint64
-	data []byte
-	buf  []byte
+	data []byte // a buffer of bufs
 }
 
 // CreateImage creates pool/ns/name (size bytes, the given features and
 // object order, 0 for the default) and opens it for writing with parallel
-// writers of bufSize-byte buffers. A new image reads as zeros: holes need
+// writers (see openWriter for the buffers). A new image reads as zeros: holes need
 // no writes. It refuses an existing image: see OpenImageForWrite.
 func (c *Cluster) CreateImage(pool, namespace, name string, size, features uint64, order, parallel, bufSize int) (*ImageWriter, error) {
 	spec := Ref{Pool: pool, Namespace: namespace, Image: name}.Spec()
@@ -111,6 +122,10 @@ func (c *Cluster) OpenImageForWrite(pool, namespace, name string, size uint64, p
 	return w, nil
 }
 
+// openWriter opens the image with parallel×bufSize bytes of buffers (at
+// least two), in writes of up to one object: at the defaults two writes
+// of 4 MiB in flight. librbd copies each write, so that is also what it
+// holds; measured, restores ran no slower than with four or eight.
 func (c *Cluster) openWriter(ioctx *rados.IOContext, spec, name string, parallel, bufSize int) (*ImageWriter, error) {
 	img, err := librbd.OpenImage(ioctx, name, librbd.NoSnapshot)
 	if err != nil {
@@ -120,14 +135,20 @@ func (c *Cluster) openWriter(ioctx *rados.IOContext, spec, name string, parallel
 		}
 		return nil, fmt.Errorf("opening %s: %w", spec, err)
 	}
-	if parallel < 1 {
-		parallel = 1
+	st, err := img.Stat()
+	if err != nil {
+		img.Close()
+		ioctx.Destroy()
+		return nil, fmt.Errorf("reading the layout of %s: %w", spec, err)
 	}
-	w := &ImageWriter{Spec: spec, img: img, ioctx: ioctx, jobs: make(chan writeJob), bufs: make(chan []byte, 2*parallel)}
-	for i := 0; i < 2*parallel; i++ {
-		w.bufs <- make([]byte, bufSize)
+	parallel = max(parallel, 1)
+	span := max(uint64(bufSize), min(st.Obj_size, maxSpan))
+	n := max(2, parallel*bufSize/int(span))
+	w := &ImageWriter{Spec: spec, img: img, ioctx: ioctx, span: span, jobs: make(chan writeJob), bufs: make(chan []byte, n)}
+	for range n {
+		w.bufs <- make([]byte, 0, span)
 	}
-	for i := 0; i < parallel; i++ {
+	for range min(parallel, n) {
 		w.wg.Add(1)
 		go w.worker()
 	}
@@ -142,7 +163,7 @@ func (w *ImageWriter) worker() {
 				w.fail(fmt.Errorf("writing %s at offset %d: %w", w.Spec, j.off, err))
 			}
 		}
-		w.bufs <- j.buf
+		w.bufs <- j.data
 	}
 }
 
@@ -162,18 +183,36 @@ func (w *ImageWriter) Err() error {
 }
 
 // WriteAt queues a copy of data for writing at off; it blocks while all
-// buffers are in flight, which bounds memory. Not for concurrent callers.
+// buffers are in flight, which bounds memory. A write that continues the
+// one being gathered, in the same span of the image, joins it. Not for
+// concurrent callers.
 func (w *ImageWriter) WriteAt(data []byte, off uint64) error {
-	if err := w.Err(); err != nil {
-		return err
+	for len(data) > 0 {
+		if err := w.Err(); err != nil {
+			return err
+		}
+		if w.cur != nil && (off != w.curOff+uint64(len(w.cur)) || off/w.span != w.curOff/w.span) {
+			w.send()
+		}
+		if w.cur == nil {
+			w.cur, w.curOff = (<-w.bufs)[:0], off
+		}
+		n := min(uint64(len(data)), w.span-off%w.span) // up to the end of the span
+		w.cur = append(w.cur, data[:n]...)
+		data, off = data[n:], off+n
+		if off%w.span == 0 {
+			w.send()
+		}
 	}
-	buf := <-w.bufs
-	if len(data) > len(buf) {
-		buf = make([]byte, len(data))
-	}
-	n := copy(buf, data)
-	w.jobs <- writeJob{off: off, data: buf[:n], buf: buf[:cap(buf)]}
 	return nil
+}
+
+// send queues the gathered write.
+func (w *ImageWriter) send() {
+	if w.cur != nil {
+		w.jobs <- writeJob{off: w.curOff, data: w.cur}
+		w.cur = nil
+	}
 }
 
 // Zero makes [off, off+n) read as zeros (for overwriting an existing image).
@@ -189,6 +228,7 @@ func (w *ImageWriter) Zero(off, n uint64) error {
 
 // Flush waits for queued writes and flushes librbd's cache.
 func (w *ImageWriter) Flush() error {
+	w.send()
 	// Taking back every buffer means every queued write has finished.
 	n := cap(w.bufs)
 	held := make([][]byte, 0, n)
@@ -219,6 +259,7 @@ func (w *ImageWriter) Snapshot(name string) error {
 // error.
 func (w *ImageWriter) Close() error {
 	if w.jobs != nil {
+		w.send()
 		close(w.jobs)
 		w.wg.Wait()
 		w.jobs = nil

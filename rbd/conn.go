@@ -144,6 +144,9 @@ func newConn(cfg ClusterConfig) (*rados.Conn, error) {
 		// lifeboat reads each byte once and writes restores in full chunks:
 		// librbd's cache (32 MiB per open image) would only cost memory.
 		{"rbd_cache", "false"},
+		// ImageWriter's AIO writes then send its buffers as they are
+		// instead of a copy (lifeboat does not touch a buffer in flight).
+		{"rbd_disable_zero_copy_writes", "false"},
 	}
 	if len(cfg.Monitors) > 0 {
 		opts = append(opts, [2]string{"mon_host", strings.Join(cfg.Monitors, ",")})

@@ -508,11 +508,15 @@ func TestBackupBadInput(t *testing.T) {
 		if got := rbdSHA256(t, env.Get("CEPH_CONF"), w.spec("existing")); got != before {
 			t.Errorf("a refused restore changed the existing image")
 		}
-		if r := restore(e.ID, "existing", "--force"); r.code != 0 {
+		if r := restore(e.ID, "existing", "--force", "--snapshot", "restored"); r.code != 0 {
 			t.Fatalf("restore --force: exit %d: %s", r.code, r.stderr)
 		}
 		if got := rbdSHA256(t, env.Get("CEPH_CONF"), w.spec("existing")); got != want {
 			t.Errorf("restore --force onto an existing image: sha256 %s, want %s", got, want)
+		}
+		// --snapshot is taken after the last write is flushed.
+		if got := rbdSHA256(t, env.Get("CEPH_CONF"), w.spec("existing")+"@restored"); got != want {
+			t.Errorf("restore --snapshot: snapshot sha256 %s, want %s", got, want)
 		}
 	})
 

@@ -30,8 +30,11 @@ source "$HERE/lib.sh"
 LB_REEF_SUITE=${LB_REEF_SUITE:-trixie}
 LB_REEF_CHROOT_VERSION=${LB_REEF_CHROOT_VERSION:-2} # bump when the build (e.g. fix_mgr) changes
 LB_REEF_GO_TAGS=${LB_REEF_GO_TAGS:-reef}
-REEF_V2_PORT=${LIFEBOAT_REEF_CEPH_V2_PORT:-33300}
-REEF_V1_PORT=${LIFEBOAT_REEF_CEPH_V1_PORT:-36789}
+# Below the kernel's ephemeral range (32768-60999), where the local end of any
+# client connection may hold the port: once, right after a benchmark, the mon
+# could not bind 33300.
+REEF_V2_PORT=${LIFEBOAT_REEF_CEPH_V2_PORT:-13340}
+REEF_V1_PORT=${LIFEBOAT_REEF_CEPH_V1_PORT:-16829}
 REEF_D=${LIFEBOAT_REEF_STACK_DIR:-/tmp/lifeboat-stack-reef}
 HOST_D=$LIFEBOAT_STACK_DIR # the host (Pacific) stack: kube-apiserver, MinIO, locks
 [[ $REEF_D == /* ]] || REEF_D=$PWD/$REEF_D

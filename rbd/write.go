@@ -25,6 +25,13 @@ static int lb_write(rbd_image_t img, uint64_t off, size_t len, const char *buf) 
 	rbd_aio_release(c);
 	return r < 0 ? r : 0;
 }
+
+// lb_zero makes [off, off+len) read as zeros.
+static int lb_zero(rbd_image_t img, uint64_t off, size_t len) {
+	static const char zeros[512];
+	ssize_t r = rbd_writesame(img, off, len, zeros, sizeof zeros, 0);
+	return r < 0 ? (int)r : 0;
+}
 */
 import "C"
 
@@ -263,9 +270,7 @@ func (w *ImageWriter) Zero(off, n uint64) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	zero := (*C.char)(C.calloc(1, 512))
-	defer C.free(unsafe.Pointer(zero))
-	if r := C.rbd_writesame(w.img, C.uint64_t(off), C.size_t(n), zero, 512, 0); r < 0 {
+	if r := C.lb_zero(w.img, C.uint64_t(off), C.size_t(n)); r < 0 {
 		return fmt.Errorf("zeroing %s at offset %d: %w", w.Spec, off, syscall.Errno(-r))
 	}
 	return nil

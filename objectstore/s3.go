@@ -214,21 +214,23 @@ func (s *S3) Get(ctx context.Context, name string) ([]byte, error) {
 }
 
 func (s *S3) GetInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
-	obj, err := s.client.GetObject(ctx, s.bucket, s.prefix+name, minio.GetObjectOptions{})
+	// minio.Core's GetObject is one GET that returns the size with the body.
+	// The Client's lazy object would first send a HEAD for Stat: a second
+	// request per chunk, a third of MinIO's CPU in a restore.
+	body, info, _, err := minio.Core{Client: s.client}.GetObject(ctx, s.bucket, s.prefix+name, minio.GetObjectOptions{})
 	if err != nil {
 		return nil, s.wrap("reading", name, err)
 	}
-	defer obj.Close()
-	info, err := obj.Stat() // the GET's own response headers: no extra request
-	if err != nil {
-		return nil, s.wrap("reading", name, err)
+	defer body.Close()
+	if info.Size < 0 {
+		return nil, s.wrap("reading", name, errors.New("the response has no Content-Length"))
 	}
 	data := buf[:0]
 	if int64(cap(data)) < info.Size {
 		data = make([]byte, info.Size)
 	}
 	data = data[:info.Size]
-	if _, err := io.ReadFull(obj, data); err != nil {
+	if _, err := io.ReadFull(body, data); err != nil {
 		return nil, s.wrap("reading", name, err)
 	}
 	return data, nil

@@ -7,6 +7,7 @@ import (
 
 	"github.com/lifeboat-backup/lifeboat/kube/backup"
 	"github.com/lifeboat-backup/lifeboat/objectstore"
+	"github.com/lifeboat-backup/lifeboat/rbd"
 )
 
 func newRestoreCmd(g *globals) *cobra.Command {
@@ -30,6 +31,21 @@ by --ceph-conf [--ceph-user] [--ceph-keyring]: a brand-new cluster after the old
 			if err != nil {
 				return fmt.Errorf("--to: %w", err)
 			}
+			b, err := g.bridge()
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			// Connecting to Ceph and opening the repository (scrypt, a few
+			// GETs) are independent: done together, the restore starts sooner.
+			var cl *rbd.Cluster
+			var clErr error
+			connected := make(chan struct{})
+			go func() {
+				defer close(connected)
+				cl, clErr = cephCluster(ctx, g, b, cluster)
+			}()
+			defer func() { <-connected }() // before b.Close
 			repo, err := rf.open(ctx, cmd)
 			if err != nil {
 				return err
@@ -38,14 +54,8 @@ by --ceph-conf [--ceph-user] [--ceph-keyring]: a brand-new cluster after the old
 			if err != nil {
 				return err
 			}
-			b, err := g.bridge()
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			cl, err := cephCluster(ctx, g, b, cluster)
-			if err != nil {
-				return err
+			if <-connected; clErr != nil {
+				return clErr
 			}
 			opts.Parallel = rf.parallel
 			t := backup.Target{Cluster: cl, Pool: ref.Pool, Namespace: ref.Namespace, Image: ref.Image}

@@ -20,12 +20,15 @@ import (
 // data the clone inherits from its parents (all ancestors, including trash
 // snapshots and images in the RBD trash) reads like its own.
 type SnapshotReader struct {
-	Spec  string
-	Size  uint64
-	snap  string
-	img   *librbd.Image
-	ioctx *rados.IOContext
-	read  atomic.Uint64 // bytes read from Ceph
+	Spec string
+	Size uint64
+	snap string
+	// objSize is the RADOS object size: ReadChunks reads up to an object
+	// at once.
+	objSize uint64
+	img     *librbd.Image
+	ioctx   *rados.IOContext
+	read    atomic.Uint64 // bytes read from Ceph
 }
 
 // BytesRead is how many bytes were read from Ceph so far.
@@ -52,7 +55,13 @@ func (c *Cluster) OpenSnapshot(pool, namespace, image, snap string) (*SnapshotRe
 		ioctx.Destroy()
 		return nil, fmt.Errorf("size of %s: %w", spec, err)
 	}
-	return &SnapshotReader{Spec: spec, Size: size, snap: snap, img: img, ioctx: ioctx}, nil
+	info, err := img.Stat()
+	if err != nil {
+		img.Close()
+		ioctx.Destroy()
+		return nil, fmt.Errorf("layout of %s: %w", spec, err)
+	}
+	return &SnapshotReader{Spec: spec, Size: size, objSize: info.Obj_size, snap: snap, img: img, ioctx: ioctx}, nil
 }
 
 // Close releases the image.
@@ -147,9 +156,11 @@ type Chunk struct {
 
 // ReadChunks reads the marked chunks with parallel readers and passes them
 // to fn one at a time, in ascending offset order, so the consumer can hash
-// the stream. At most 2*parallel chunk buffers exist at once.
+// the stream. Consecutive marked chunks inside one RADOS object are read
+// with one read (see orderedChunks). Buffers hold at most 2*parallel
+// chunks' worth of data (at least two objects').
 func (r *SnapshotReader) ReadChunks(ctx context.Context, bm Bitmap, parallel int, fn func(Chunk) error) error {
-	return orderedChunks(ctx, bm, r.Size, parallel, r.readChunk, fn)
+	return orderedChunks(ctx, bm, r.Size, min(r.objSize, maxSpan), parallel, r.readChunk, fn)
 }
 
 func (r *SnapshotReader) readChunk(c *Chunk) error {
@@ -164,28 +175,33 @@ func (r *SnapshotReader) readChunk(c *Chunk) error {
 // way (from several sources): read gets a chunk whose Data is a buffer of
 // the chunk's length, to be filled.
 func ReadChunksFunc(ctx context.Context, bm Bitmap, size uint64, parallel int, read func(*Chunk) error, fn func(Chunk) error) error {
-	return orderedChunks(ctx, bm, size, parallel, read, fn)
+	return orderedChunks(ctx, bm, size, bm.Chunk, parallel, read, fn)
 }
 
-// orderedChunks runs read on the marked chunks in parallel and delivers
-// them to fn in index order through a window of 2*parallel buffers.
-func orderedChunks(ctx context.Context, bm Bitmap, size uint64, parallel int, read func(*Chunk) error, fn func(Chunk) error) error {
-	if parallel < 1 {
-		parallel = 1
-	}
+// orderedChunks runs read on runs of marked chunks in parallel and delivers
+// the chunks to fn one by one, in index order. A run is consecutive marked
+// chunks inside one span of the image (span: the RADOS object, say, rounded
+// down to whole chunks), read into one buffer: an export of 1 MiB chunks
+// from 4 MiB objects then costs librbd and the OSD one read per object
+// instead of four, and for a clone one miss in the child and one read in
+// the parent instead of four of each. Buffers hold at most 2*parallel
+// chunks' worth of data, and at least two runs.
+func orderedChunks(ctx context.Context, bm Bitmap, size, span uint64, parallel int, read func(*Chunk) error, fn func(Chunk) error) error {
+	parallel = max(parallel, 1)
+	span = max(span-span%bm.Chunk, bm.Chunk)
+	window := max(2, 2*uint64(parallel)*bm.Chunk/span)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	window := 2 * parallel
-	pool := sync.Pool{New: func() any { b := make([]byte, bm.Chunk); return &b }}
+	pool := sync.Pool{New: func() any { b := make([]byte, span); return &b }}
 	type slot struct {
-		c    Chunk
+		c    Chunk // the run: Index and Off of its first chunk
 		buf  *[]byte
 		done chan error
 	}
 	queue := make(chan *slot, window)
 	jobs := make(chan *slot)
 	var wg sync.WaitGroup
-	for i := 0; i < parallel; i++ {
+	for range min(uint64(parallel), window) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -194,18 +210,24 @@ func orderedChunks(ctx context.Context, bm Bitmap, size uint64, parallel int, re
 			}
 		}()
 	}
-	// Producer: hand out chunks in order; the queue bounds buffers in use.
+	// Producer: hand out runs in order; the queue bounds buffers in use.
 	go func() {
 		defer close(queue)
 		defer close(jobs)
-		for i := uint64(0); i < bm.N; i++ {
+		for i := uint64(0); i < bm.N; {
 			if !bm.Has(i) {
+				i++
 				continue
 			}
-			buf := pool.Get().(*[]byte)
 			off := i * bm.Chunk
-			n := min(bm.Chunk, size-off)
-			s := &slot{c: Chunk{Index: i, Off: off, Data: (*buf)[:n]}, buf: buf, done: make(chan error, 1)}
+			end := min(off-off%span+span, size) // the end of off's span
+			j := i + 1
+			for j < bm.N && j*bm.Chunk < end && bm.Has(j) {
+				j++
+			}
+			buf := pool.Get().(*[]byte)
+			s := &slot{c: Chunk{Index: i, Off: off, Data: (*buf)[:min(j*bm.Chunk, size)-off]}, buf: buf, done: make(chan error, 1)}
+			i = j
 			select {
 			case queue <- s:
 			case <-ctx.Done():
@@ -227,7 +249,7 @@ func orderedChunks(ctx context.Context, bm Bitmap, size uint64, parallel int, re
 				err = ctx.Err()
 			}
 			if err == nil {
-				err = fn(s.c)
+				err = deliver(s.c, bm.Chunk, fn)
 			}
 			if err != nil {
 				cancel()
@@ -240,6 +262,17 @@ func orderedChunks(ctx context.Context, bm Bitmap, size uint64, parallel int, re
 	}
 	wg.Wait()
 	return err
+}
+
+// deliver passes run c to fn a chunk at a time.
+func deliver(run Chunk, chunk uint64, fn func(Chunk) error) error {
+	for k := uint64(0); k*chunk < uint64(len(run.Data)); k++ {
+		data := run.Data[k*chunk : min((k+1)*chunk, uint64(len(run.Data)))]
+		if err := fn(Chunk{Index: run.Index + k, Off: run.Off + k*chunk, Data: data}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // SHA256 hashes all Size bytes of the snapshot (holes as zeros), reading

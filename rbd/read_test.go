@@ -3,7 +3,9 @@ package rbd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand"
+	"sync"
 	"testing"
 	"time"
 )
@@ -30,23 +32,44 @@ func TestBitmap(t *testing.T) {
 func TestOrderedChunks(t *testing.T) {
 	const chunk, size = 16, 16*200 + 5
 	bm := NewBitmap(size, chunk)
-	for i := uint64(0); i < bm.N; i += 3 {
-		bm.Set(i)
+	for i := uint64(0); i < bm.N; i++ {
+		if i%7 != 3 && i%11 != 5 { // runs of several lengths, and gaps
+			bm.Set(i)
+		}
 	}
 	bm.Set(bm.N - 1)
+	for _, span := range []uint64{chunk, 4 * chunk, 4*chunk + 5} { // 4*chunk+5: rounded down to 4 chunks
+		t.Run(fmt.Sprint("span", span), func(t *testing.T) { checkOrdered(t, bm, size, span) })
+	}
+}
+
+func checkOrdered(t *testing.T, bm Bitmap, size, span uint64) {
+	chunk := bm.Chunk
+	whole := span - span%chunk
+	var mu sync.Mutex
+	reads, longest := 0, 0
 	read := func(c *Chunk) error {
 		time.Sleep(time.Duration(rand.Intn(200)) * time.Microsecond) // finish out of order
-		for j := range c.Data {
-			c.Data[j] = byte(c.Index)
+		if c.Off/whole != (c.Off+uint64(len(c.Data))-1)/whole {
+			t.Errorf("read at %d of %d bytes crosses a span of %d", c.Off, len(c.Data), whole)
 		}
+		for j := range c.Data {
+			c.Data[j] = byte(c.Index + uint64(j)/chunk)
+		}
+		mu.Lock()
+		reads, longest = reads+1, max(longest, len(c.Data))
+		mu.Unlock()
 		return nil
 	}
 	var got []uint64
-	err := orderedChunks(context.Background(), bm, size, 4, read, func(c Chunk) error {
+	err := orderedChunks(context.Background(), bm, size, span, 4, read, func(c Chunk) error {
 		if len(got) > 0 && c.Index <= got[len(got)-1] {
 			t.Fatalf("chunk %d after %d", c.Index, got[len(got)-1])
 		}
-		wantLen := uint64(chunk)
+		if !bm.Has(c.Index) {
+			t.Fatalf("chunk %d is not marked", c.Index)
+		}
+		wantLen := chunk
 		if c.Index == bm.N-1 {
 			wantLen = size % chunk
 		}
@@ -67,6 +90,12 @@ func TestOrderedChunks(t *testing.T) {
 	if uint64(len(got)) != bm.Count() {
 		t.Errorf("delivered %d chunks, want %d", len(got), bm.Count())
 	}
+	if uint64(longest) != whole {
+		t.Errorf("longest read %d bytes, want a whole span of %d", longest, whole)
+	}
+	if whole > chunk && uint64(reads) >= bm.Count() {
+		t.Errorf("%d reads for %d chunks: runs were not read at once", reads, bm.Count())
+	}
 }
 
 func TestOrderedChunksStopsOnError(t *testing.T) {
@@ -76,7 +105,7 @@ func TestOrderedChunksStopsOnError(t *testing.T) {
 	}
 	boom := errors.New("boom")
 	delivered := 0
-	err := orderedChunks(context.Background(), bm, 1<<20, 4, func(c *Chunk) error {
+	err := orderedChunks(context.Background(), bm, 1<<20, 16, 4, func(c *Chunk) error {
 		if c.Index == 100 {
 			return boom
 		}
@@ -85,7 +114,7 @@ func TestOrderedChunksStopsOnError(t *testing.T) {
 	if !errors.Is(err, boom) || delivered != 100 {
 		t.Errorf("err = %v after %d chunks, want boom after 100", err, delivered)
 	}
-	err = orderedChunks(context.Background(), bm, 1<<20, 4, func(*Chunk) error { return nil },
+	err = orderedChunks(context.Background(), bm, 1<<20, 16, 4, func(*Chunk) error { return nil },
 		func(c Chunk) error {
 			if c.Index == 7 {
 				return boom

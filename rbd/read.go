@@ -157,8 +157,7 @@ type Chunk struct {
 // ReadChunks reads the marked chunks with parallel readers and passes them
 // to fn one at a time, in ascending offset order, so the consumer can hash
 // the stream. Consecutive marked chunks inside one RADOS object are read
-// with one read (see orderedChunks). Buffers hold at most 2*parallel
-// chunks' worth of data (at least two objects').
+// with one read (see orderedChunks).
 func (r *SnapshotReader) ReadChunks(ctx context.Context, bm Bitmap, parallel int, fn func(Chunk) error) error {
 	return orderedChunks(ctx, bm, r.Size, min(r.objSize, maxSpan), parallel, r.readChunk, fn)
 }
@@ -184,18 +183,32 @@ func ReadChunksFunc(ctx context.Context, bm Bitmap, size uint64, parallel int, r
 // down to whole chunks), read into one buffer: an export of 1 MiB chunks
 // from 4 MiB objects then costs librbd and the OSD one read per object
 // instead of four, and for a clone one miss in the child and one read in
-// the parent instead of four of each. Buffers hold at most 2*parallel
-// chunks' worth of data, and at least two runs.
+// the parent instead of four of each. Up to parallel chunks' worth of
+// runs (at least two) are read ahead; reads of whole objects need no
+// more to keep ahead of the consumer, and each 4 MiB less of Go heap is
+// 5 MB less peak RSS (GOGC=25).
 func orderedChunks(ctx context.Context, bm Bitmap, size, span uint64, parallel int, read func(*Chunk) error, fn func(Chunk) error) error {
 	parallel = max(parallel, 1)
 	span = max(span-span%bm.Chunk, bm.Chunk)
-	window := max(2, 2*uint64(parallel)*bm.Chunk/span)
+	window := max(2, uint64(parallel)*bm.Chunk/span)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pool := sync.Pool{New: func() any { b := make([]byte, span); return &b }}
+	// A free list, not a sync.Pool: a pool is emptied by every GC, and
+	// reallocating 4 MiB buffers would bring the next GC sooner.
+	// Up to window+2 buffers exist: the queue's, the one being delivered
+	// and the one the producer waits to queue.
+	free := make(chan []byte, window+2)
+	buffer := func() []byte {
+		select {
+		case b := <-free:
+			return b
+		default:
+			return make([]byte, span)
+		}
+	}
 	type slot struct {
 		c    Chunk // the run: Index and Off of its first chunk
-		buf  *[]byte
+		buf  []byte
 		done chan error
 	}
 	queue := make(chan *slot, window)
@@ -225,8 +238,8 @@ func orderedChunks(ctx context.Context, bm Bitmap, size, span uint64, parallel i
 			for j < bm.N && j*bm.Chunk < end && bm.Has(j) {
 				j++
 			}
-			buf := pool.Get().(*[]byte)
-			s := &slot{c: Chunk{Index: i, Off: off, Data: (*buf)[:min(j*bm.Chunk, size)-off]}, buf: buf, done: make(chan error, 1)}
+			buf := buffer()
+			s := &slot{c: Chunk{Index: i, Off: off, Data: buf[:min(j*bm.Chunk, size)-off]}, buf: buf, done: make(chan error, 1)}
 			i = j
 			select {
 			case queue <- s:
@@ -257,7 +270,7 @@ func orderedChunks(ctx context.Context, bm Bitmap, size, span uint64, parallel i
 		}
 		if err == nil {
 			// After a failure a worker may still be reading into it.
-			pool.Put(s.buf)
+			free <- s.buf // never blocks, see free
 		}
 	}
 	wg.Wait()

@@ -38,20 +38,24 @@ uploads only what is missing. Prints the backup id (-o json: the counters too).
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			repo, err := rf.open(ctx, cmd)
-			if err != nil {
-				return err
-			}
 			b, err := g.bridge()
 			if err != nil {
 				return err
 			}
 			defer b.Close()
+			// Opening the repository (scrypt, a few requests) while the
+			// snapshot is resolved and opened starts the export sooner.
+			openRepo := async(func() (*objectstore.Repository, error) { return rf.open(ctx, cmd) })
+			defer openRepo() // before b.Close
 			var src backup.Source
 			if image != "" {
 				src, err = imageSource(ctx, g, b, cluster, image)
 			} else {
 				src, err = csiSource(ctx, b, args[0])
+			}
+			repo, rerr := openRepo()
+			if rerr != nil {
+				return rerr // the repository's error first, as when it was opened first
 			}
 			if err != nil {
 				return err

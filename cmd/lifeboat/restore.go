@@ -38,14 +38,8 @@ by --ceph-conf [--ceph-user] [--ceph-keyring]: a brand-new cluster after the old
 			defer b.Close()
 			// Connecting to Ceph and opening the repository (scrypt, a few
 			// GETs) are independent: done together, the restore starts sooner.
-			var cl *rbd.Cluster
-			var clErr error
-			connected := make(chan struct{})
-			go func() {
-				defer close(connected)
-				cl, clErr = cephCluster(ctx, g, b, cluster)
-			}()
-			defer func() { <-connected }() // before b.Close
+			connect := async(func() (*rbd.Cluster, error) { return cephCluster(ctx, g, b, cluster) })
+			defer connect() // before b.Close
 			repo, err := rf.open(ctx, cmd)
 			if err != nil {
 				return err
@@ -54,8 +48,9 @@ by --ceph-conf [--ceph-user] [--ceph-keyring]: a brand-new cluster after the old
 			if err != nil {
 				return err
 			}
-			if <-connected; clErr != nil {
-				return clErr
+			cl, err := connect()
+			if err != nil {
+				return err
 			}
 			opts.Parallel = rf.parallel
 			t := backup.Target{Cluster: cl, Pool: ref.Pool, Namespace: ref.Namespace, Image: ref.Image}

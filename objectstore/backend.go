@@ -42,6 +42,16 @@ type Into interface {
 	GetInto(ctx context.Context, name string, buf []byte) ([]byte, error)
 }
 
+// Creator is a Backend that can store an object only if none of that
+// name exists, atomically (S3's conditional PUT, If-None-Match: *). Init
+// uses it for the config, so of two concurrent `repo init`s of one
+// location exactly one wins and the other's key is never half-used.
+type Creator interface {
+	// Create is Put that fails with an error wrapping ErrExists, and
+	// changes nothing, if name exists.
+	Create(ctx context.Context, name string, data []byte) error
+}
+
 // Memory is an in-memory Backend for tests.
 type Memory struct {
 	mu      sync.Mutex
@@ -55,6 +65,16 @@ func NewMemory() *Memory { return &Memory{objects: map[string][]byte{}} }
 func (m *Memory) Put(_ context.Context, name string, data []byte) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.objects[name] = append([]byte(nil), data...)
+	return nil
+}
+
+func (m *Memory) Create(_ context.Context, name string, data []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.objects[name]; ok {
+		return fmt.Errorf("%s: %w", name, ErrExists)
+	}
 	m.objects[name] = append([]byte(nil), data...)
 	return nil
 }

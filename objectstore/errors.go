@@ -11,6 +11,8 @@ import (
 var (
 	// ErrNotFound: the backend has no object of that name.
 	ErrNotFound = errors.New("object not found")
+	// ErrExists: Create found an object of that name.
+	ErrExists = errors.New("object already exists")
 
 	// ErrNoRepository: Open found no repository config.
 	ErrNoRepository = errors.New("no lifeboat repository")

@@ -93,7 +93,11 @@ func Init(ctx context.Context, be Backend, opt InitOptions) (*Repository, error)
 	if err != nil {
 		return nil, err
 	}
-	if err := r.put(ctx, configName, data); err != nil {
+	if err := r.create(ctx, configName, data); err != nil {
+		if errors.Is(err, ErrExists) {
+			return nil, fmt.Errorf("%w at %s: another `repo init` wrote its config just now; open it instead",
+				ErrRepositoryExists, be)
+		}
 		return nil, fmt.Errorf("writing repository config to %s: %w", be, err)
 	}
 	return r, nil

@@ -139,3 +139,43 @@ func TestConfigHidesNothingSecret(t *testing.T) {
 		t.Fatalf("config key section: %v %+v", err, cfg.Key)
 	}
 }
+
+// lateConfig is a Memory where another `repo init` writes its config
+// right after this one checked the location was empty.
+type lateConfig struct {
+	*Memory
+	listed bool
+}
+
+func (l *lateConfig) List(ctx context.Context, prefix string, fn func(string, int64) error) error {
+	if prefix == configName && !l.listed {
+		l.listed = true
+		defer l.Memory.Put(ctx, configName, []byte("the other init's config"))
+	}
+	return l.Memory.List(ctx, prefix, fn)
+}
+
+func TestInitRace(t *testing.T) {
+	ctx := context.Background()
+	be := &lateConfig{Memory: NewMemory()}
+	if _, err := Init(ctx, be, InitOptions{Key: []byte("k")}); !errors.Is(err, ErrRepositoryExists) {
+		t.Fatalf("Init that lost the race: %v, want ErrRepositoryExists", err)
+	}
+	if got, _ := be.Get(ctx, configName); string(got) != "the other init's config" {
+		t.Fatalf("the winner's config was overwritten: %q", got)
+	}
+}
+
+func TestMemoryCreate(t *testing.T) {
+	ctx := context.Background()
+	be := NewMemory()
+	if err := be.Create(ctx, "x", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Create(ctx, "x", []byte("2")); !errors.Is(err, ErrExists) {
+		t.Fatalf("second Create: %v, want ErrExists", err)
+	}
+	if got, _ := be.Get(ctx, "x"); string(got) != "1" {
+		t.Fatalf("Create replaced the object: %q", got)
+	}
+}

@@ -18,7 +18,7 @@ var (
 
 // permanent tells errors that retrying cannot fix.
 func permanent(err error) bool {
-	for _, p := range []error{ErrNotFound, ErrCredentials, ErrNoBucket} {
+	for _, p := range []error{ErrNotFound, ErrExists, ErrCredentials, ErrNoBucket} {
 		if errors.Is(err, p) {
 			return true
 		}
@@ -51,6 +51,16 @@ func retry(ctx context.Context, fn func() error) error {
 
 func (r *Repository) put(ctx context.Context, name string, data []byte) error {
 	return retry(ctx, func() error { return r.be.Put(ctx, name, data) })
+}
+
+// create is Creator.Create where the backend has it, else put. A retry
+// after a lost answer to a Create that did succeed sees ErrExists.
+func (r *Repository) create(ctx context.Context, name string, data []byte) error {
+	c, ok := r.be.(Creator)
+	if !ok {
+		return r.put(ctx, name, data)
+	}
+	return retry(ctx, func() error { return c.Create(ctx, name, data) })
 }
 
 func (r *Repository) get(ctx context.Context, name string) ([]byte, error) {

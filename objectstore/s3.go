@@ -209,6 +209,20 @@ func (s *S3) Put(ctx context.Context, name string, data []byte) error {
 	return s.wrap("writing", name, err)
 }
 
+// Create is a conditional PUT (If-None-Match: *), which MinIO, AWS S3
+// (since 2024) and Ceph RGW (Squid) honour. A server that ignores the
+// header makes it a plain Put: Init's emptiness check then still guards
+// all but a race.
+func (s *S3) Create(ctx context.Context, name string, data []byte) error {
+	opts := minio.PutObjectOptions{ContentType: "application/octet-stream", DisableMultipart: true, DisableContentSha256: true}
+	opts.SetMatchETagExcept("*")
+	_, err := s.client.PutObject(ctx, s.bucket, s.prefix+name, bytes.NewReader(data), int64(len(data)), opts)
+	if resp := minio.ToErrorResponse(err); resp.StatusCode == 412 || resp.Code == "PreconditionFailed" {
+		return fmt.Errorf("writing %s%s: %w", s.String(), name, ErrExists)
+	}
+	return s.wrap("writing", name, err)
+}
+
 func (s *S3) Get(ctx context.Context, name string) ([]byte, error) {
 	return s.GetInto(ctx, name, nil)
 }

@@ -124,6 +124,16 @@ func TestS3RoundTrip(t *testing.T) {
 			t.Fatalf("restore %s: %v", c.m.ID, err)
 		}
 	}
+	// A conditional create never replaces an object (two `repo init`s).
+	if err := be2.Create(ctx, configName, []byte("x")); !errors.Is(err, ErrExists) {
+		t.Errorf("Create over the config: %v, want ErrExists", err)
+	}
+	if err := be2.Create(ctx, "created-once", []byte("1")); err != nil {
+		t.Errorf("Create: %v", err)
+	}
+	if got, err := be2.Get(ctx, "created-once"); err != nil || string(got) != "1" {
+		t.Errorf("created object: %q, %v", got, err)
+	}
 	if _, err := be2.Get(ctx, "data/00/nothing"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("missing object: %v", err)
 	}

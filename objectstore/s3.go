@@ -209,10 +209,9 @@ func (s *S3) Put(ctx context.Context, name string, data []byte) error {
 	return s.wrap("writing", name, err)
 }
 
-// Create is a conditional PUT (If-None-Match: *), which MinIO, AWS S3
-// (since 2024) and Ceph RGW (Squid) honour. A server that ignores the
-// header makes it a plain Put: Init's emptiness check then still guards
-// all but a race.
+// Create is a conditional PUT (If-None-Match: *), which MinIO and AWS S3
+// (since 2024) honour. A server that ignores the header makes it a plain
+// Put: Init's emptiness check then still guards all but a race.
 func (s *S3) Create(ctx context.Context, name string, data []byte) error {
 	opts := minio.PutObjectOptions{ContentType: "application/octet-stream", DisableMultipart: true, DisableContentSha256: true}
 	opts.SetMatchETagExcept("*")

@@ -210,14 +210,18 @@ func (s *S3) Put(ctx context.Context, name string, data []byte) error {
 }
 
 // Create is a conditional PUT (If-None-Match: *), which MinIO and AWS S3
-// (since 2024) honour. A server that ignores the header makes it a plain
-// Put: Init's emptiness check then still guards all but a race.
+// (since 2024) honour. On a server that ignores the header, or refuses it
+// as not implemented, it is a plain Put: Init's emptiness check then
+// still guards all but a race.
 func (s *S3) Create(ctx context.Context, name string, data []byte) error {
 	opts := minio.PutObjectOptions{ContentType: "application/octet-stream", DisableMultipart: true, DisableContentSha256: true}
 	opts.SetMatchETagExcept("*")
 	_, err := s.client.PutObject(ctx, s.bucket, s.prefix+name, bytes.NewReader(data), int64(len(data)), opts)
-	if resp := minio.ToErrorResponse(err); resp.StatusCode == 412 || resp.Code == "PreconditionFailed" {
+	switch resp := minio.ToErrorResponse(err); {
+	case resp.StatusCode == 412 || resp.Code == "PreconditionFailed":
 		return fmt.Errorf("writing %s%s: %w", s.String(), name, ErrExists)
+	case resp.StatusCode == 501 || resp.Code == "NotImplemented":
+		return s.Put(ctx, name, data) // a server that refuses the header
 	}
 	return s.wrap("writing", name, err)
 }

@@ -38,8 +38,15 @@ type Backend interface {
 // kernel faulting in) a new one per chunk.
 type Into interface {
 	// GetInto is Get, returning the content in buf's storage when it is
-	// large enough.
-	GetInto(ctx context.Context, name string, buf []byte) ([]byte, error)
+	// large enough. An object over limit bytes (limit ≥ 0) is not read:
+	// the error wraps ErrCorrupt, so a damaged or planted object cannot
+	// make the reader allocate without bound.
+	GetInto(ctx context.Context, name string, buf []byte, limit int64) ([]byte, error)
+}
+
+// tooLarge is the error of an object over GetInto's limit.
+func tooLarge(where string, size, limit int64) error {
+	return fmt.Errorf("%w: %s is %d bytes, larger than the %d it can be", ErrCorrupt, where, size, limit)
 }
 
 // Creator is a Backend that can store an object only if none of that
@@ -80,15 +87,18 @@ func (m *Memory) Create(_ context.Context, name string, data []byte) error {
 }
 
 func (m *Memory) Get(ctx context.Context, name string) ([]byte, error) {
-	return m.GetInto(ctx, name, nil)
+	return m.GetInto(ctx, name, nil, -1)
 }
 
-func (m *Memory) GetInto(_ context.Context, name string, buf []byte) ([]byte, error) {
+func (m *Memory) GetInto(_ context.Context, name string, buf []byte, limit int64) ([]byte, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	data, ok := m.objects[name]
 	if !ok {
 		return nil, fmt.Errorf("%s: %w", name, ErrNotFound)
+	}
+	if limit >= 0 && int64(len(data)) > limit {
+		return nil, tooLarge(name, int64(len(data)), limit)
 	}
 	if buf == nil {
 		buf = []byte{} // a copy, never the stored slice, even when empty

@@ -139,6 +139,16 @@ func decompress(dst, payload []byte, size int) ([]byte, error) {
 	return out, err
 }
 
+// maxEncoded is the most encode makes of n bytes: raw, a header byte,
+// and the nonce and tag if encrypted (a compressed form is kept only if
+// it is smaller).
+func (r *Repository) maxEncoded(n int64) int64 {
+	if r.keys == nil {
+		return 1 + n
+	}
+	return int64(nonceSize) + 1 + n + int64(r.keys.aead.Overhead())
+}
+
 // encode turns plaintext into the stored form, reusing dst's storage.
 // Compression is kept only when it saves at least 1/16: a marginal saving
 // is not worth a decompression on every restore.

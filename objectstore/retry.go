@@ -18,7 +18,7 @@ var (
 
 // permanent tells errors that retrying cannot fix.
 func permanent(err error) bool {
-	for _, p := range []error{ErrNotFound, ErrExists, ErrCredentials, ErrNoBucket} {
+	for _, p := range []error{ErrNotFound, ErrExists, ErrCorrupt, ErrCredentials, ErrNoBucket} {
 		if errors.Is(err, p) {
 			return true
 		}
@@ -63,19 +63,25 @@ func (r *Repository) create(ctx context.Context, name string, data []byte) error
 	return retry(ctx, func() error { return c.Create(ctx, name, data) })
 }
 
+// get reads a config, manifest or extents page: at most maxObject bytes.
 func (r *Repository) get(ctx context.Context, name string) ([]byte, error) {
-	return r.getInto(ctx, name, nil)
+	return r.getInto(ctx, name, nil, maxObject)
 }
 
+// maxObject bounds any stored object but a chunk: a manifest or page
+// decodes to at most maxManifest bytes, and encode stores it raw, with a
+// few bytes of header, nonce and tag, if compressing it does not pay.
+const maxObject = maxManifest + 64
+
 // getInto is get into buf's storage, if the backend can (an Into) and buf
-// is large enough.
-func (r *Repository) getInto(ctx context.Context, name string, buf []byte) (data []byte, err error) {
+// is large enough; an object over limit bytes is refused as corrupt.
+func (r *Repository) getInto(ctx context.Context, name string, buf []byte, limit int64) (data []byte, err error) {
 	into, ok := r.be.(Into)
 	err = retry(ctx, func() error {
 		if ok {
-			data, err = into.GetInto(ctx, name, buf)
-		} else {
-			data, err = r.be.Get(ctx, name)
+			data, err = into.GetInto(ctx, name, buf, limit)
+		} else if data, err = r.be.Get(ctx, name); err == nil && int64(len(data)) > limit {
+			err = tooLarge(name, int64(len(data)), limit)
 		}
 		return err
 	})

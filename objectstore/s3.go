@@ -227,10 +227,10 @@ func (s *S3) Create(ctx context.Context, name string, data []byte) error {
 }
 
 func (s *S3) Get(ctx context.Context, name string) ([]byte, error) {
-	return s.GetInto(ctx, name, nil)
+	return s.GetInto(ctx, name, nil, -1)
 }
 
-func (s *S3) GetInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
+func (s *S3) GetInto(ctx context.Context, name string, buf []byte, limit int64) ([]byte, error) {
 	// minio.Core's GetObject is one GET that returns the size with the body.
 	// The Client's lazy object would first send a HEAD for Stat: a second
 	// request per chunk, a third of MinIO's CPU in a restore.
@@ -241,6 +241,9 @@ func (s *S3) GetInto(ctx context.Context, name string, buf []byte) ([]byte, erro
 	defer body.Close()
 	if info.Size < 0 {
 		return nil, s.wrap("reading", name, errors.New("the response has no Content-Length"))
+	}
+	if limit >= 0 && info.Size > limit {
+		return nil, tooLarge(s.String()+name, info.Size, limit)
 	}
 	data := buf[:0]
 	if int64(cap(data)) < info.Size {

@@ -134,6 +134,10 @@ func TestS3RoundTrip(t *testing.T) {
 	if got, err := be2.Get(ctx, "created-once"); err != nil || string(got) != "1" {
 		t.Errorf("created object: %q, %v", got, err)
 	}
+	// An object over the reader's limit is refused before it is read.
+	if _, err := be2.GetInto(ctx, "created-once", nil, 0); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("GetInto over the limit: %v, want ErrCorrupt", err)
+	}
 	if _, err := be2.Get(ctx, "data/00/nothing"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("missing object: %v", err)
 	}

@@ -200,7 +200,7 @@ func (r *Repository) fetch(ctx context.Context, e Extent) ([]byte, error) {
 // inside bufs.obj or bufs.plain.
 func (r *Repository) fetchInto(ctx context.Context, e Extent, bufs *chunkBufs) ([]byte, error) {
 	name := chunkName(e.ID)
-	obj, err := r.getInto(ctx, name, bufs.obj)
+	obj, err := r.getInto(ctx, name, bufs.obj, r.maxEncoded(e.Length))
 	if err == nil {
 		bufs.obj = obj
 		var data []byte

@@ -3,6 +3,7 @@ package objectstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"strings"
 	"testing"
@@ -45,6 +46,39 @@ func TestSwappedChunkIsCaught(t *testing.T) {
 	var ce *ChunkError
 	if err := r.Verify(ctx, m, 2); !errors.As(err, &ce) || ce.Offset != testChunk || !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("got %v", err)
+	}
+}
+
+func TestOversizeObjectIsNotRead(t *testing.T) {
+	// A chunk object larger than any encoding of its chunk (a damaged or
+	// planted object) fails before it is read into memory, named; and so
+	// does an oversize manifest.
+	ctx := context.Background()
+	for _, key := range [][]byte{nil, []byte("k")} {
+		be := NewMemory()
+		r := newRepo(t, be, key)
+		m := backup(t, r, image(1, "rr", 0), BackupOptions{})
+		ex := extentsOf(t, r, m)
+		name := chunkName(ex[1].ID)
+		obj, _ := be.Get(ctx, name)
+		limit := r.maxEncoded(ex[1].Length)
+		if int64(len(obj)) != limit {
+			t.Errorf("key %q: a random chunk is stored in %d bytes, maxEncoded says %d", key, len(obj), limit)
+		}
+		be.Put(ctx, name, append(obj, 0))
+		var ce *ChunkError
+		err := r.Verify(ctx, m, 2)
+		if !errors.As(err, &ce) || ce.ID != ex[1].ID || !errors.Is(err, ErrCorrupt) ||
+			!strings.Contains(err.Error(), fmt.Sprintf("is %d bytes, larger than the %d", limit+1, limit)) {
+			t.Fatalf("key %q: got %v, want the oversize chunk named", key, err)
+		}
+	}
+	be := NewMemory()
+	r := newRepo(t, be, nil)
+	m := backup(t, r, image(1, "r", 0), BackupOptions{})
+	be.Put(ctx, "backups/"+m.ID, make([]byte, maxObject+1))
+	if _, err := r.LoadBackup(ctx, m.ID); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("oversize manifest: %v, want ErrCorrupt", err)
 	}
 }
 

@@ -184,9 +184,9 @@ func ReadChunksFunc(ctx context.Context, bm Bitmap, size uint64, parallel int, r
 // from 4 MiB objects then costs librbd and the OSD one read per object
 // instead of four, and for a clone one miss in the child and one read in
 // the parent instead of four of each. Up to parallel chunks' worth of
-// runs (at least two) are read ahead; reads of whole objects need no
-// more to keep ahead of the consumer, and each 4 MiB less of Go heap is
-// 5 MB less peak RSS (GOGC=25).
+// runs (at least two) are read ahead: reads of whole objects need no
+// more to keep ahead of the consumer (measured), and every buffer counts
+// in the peak RSS, the heap growing to 1.25× its live size (GOGC=25).
 func orderedChunks(ctx context.Context, bm Bitmap, size, span uint64, parallel int, read func(*Chunk) error, fn func(Chunk) error) error {
 	parallel = max(parallel, 1)
 	span = max(span-span%bm.Chunk, bm.Chunk)

@@ -51,21 +51,28 @@ type fetched struct {
 type chunkBufs struct{ obj, plain []byte }
 
 // freeList recycles chunk buffers. It is bounded, and an empty list just
-// means a new buffer: the prefetch window, not the list, bounds memory.
-type freeList chan chunkBufs
+// means new buffers: the prefetch window, not the list, bounds memory.
+// New buffers are as large as any chunk object and plaintext (obj, plain
+// caps), so a recycled one always fits: a buffer grown from a small
+// compressed chunk to a raw one would be new memory to fault in, and
+// garbage for the collector.
+type freeList struct {
+	c          chan chunkBufs
+	obj, plain int
+}
 
 func (f freeList) get() chunkBufs {
 	select {
-	case b := <-f:
+	case b := <-f.c:
 		return b
 	default:
-		return chunkBufs{}
+		return chunkBufs{obj: make([]byte, 0, f.obj), plain: make([]byte, 0, f.plain)}
 	}
 }
 
 func (f freeList) put(b chunkBufs) {
 	select {
-	case f <- b:
+	case f.c <- b:
 	default:
 	}
 }
@@ -88,7 +95,8 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 	// is the prefetch window, which bounds memory. Buffers are recycled:
 	// a restore then touches the same few megabytes over and over.
 	pending := make(chan chan fetched, parallel)
-	free := make(freeList, parallel+2)
+	chunk := int64(r.cfg.ChunkSize)
+	free := freeList{make(chan chunkBufs, parallel+2), int(r.maxEncoded(chunk)), int(chunk)}
 	go func() {
 		defer close(pending)
 		x := r.Extents(ctx, m)

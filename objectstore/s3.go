@@ -201,12 +201,7 @@ func unreachable(err error) bool {
 }
 
 func (s *S3) Put(ctx context.Context, name string, data []byte) error {
-	_, err := s.client.PutObject(ctx, s.bucket, s.prefix+name, bytes.NewReader(data), int64(len(data)),
-		// Every chunk is verified end to end by its id, so minio-go's SHA-256
-		// of the payload for request signing over plain HTTP is a wasted pass
-		// (HTTPS sends UNSIGNED-PAYLOAD anyway).
-		minio.PutObjectOptions{ContentType: "application/octet-stream", DisableMultipart: true, DisableContentSha256: true})
-	return s.wrap("writing", name, err)
+	return s.wrap("writing", name, s.put(ctx, name, data, putOptions()))
 }
 
 // Create is a conditional PUT (If-None-Match: *), which MinIO and AWS S3
@@ -214,9 +209,9 @@ func (s *S3) Put(ctx context.Context, name string, data []byte) error {
 // as not implemented, it is a plain Put: Init's emptiness check then
 // still guards all but a race.
 func (s *S3) Create(ctx context.Context, name string, data []byte) error {
-	opts := minio.PutObjectOptions{ContentType: "application/octet-stream", DisableMultipart: true, DisableContentSha256: true}
+	opts := putOptions()
 	opts.SetMatchETagExcept("*")
-	_, err := s.client.PutObject(ctx, s.bucket, s.prefix+name, bytes.NewReader(data), int64(len(data)), opts)
+	err := s.put(ctx, name, data, opts)
 	switch resp := minio.ToErrorResponse(err); {
 	case resp.StatusCode == 412 || resp.Code == "PreconditionFailed":
 		return fmt.Errorf("writing %s%s: %w", s.String(), name, ErrExists)
@@ -224,6 +219,19 @@ func (s *S3) Create(ctx context.Context, name string, data []byte) error {
 		return s.Put(ctx, name, data) // a server that refuses the header
 	}
 	return s.wrap("writing", name, err)
+}
+
+func (s *S3) put(ctx context.Context, name string, data []byte, opts minio.PutObjectOptions) error {
+	_, err := s.client.PutObject(ctx, s.bucket, s.prefix+name, bytes.NewReader(data), int64(len(data)), opts)
+	return err
+}
+
+// putOptions are those of every PUT: one request, known length. Every
+// chunk is verified end to end by its id, so minio-go's SHA-256 of the
+// payload for request signing over plain HTTP is a wasted pass (HTTPS
+// sends UNSIGNED-PAYLOAD anyway).
+func putOptions() minio.PutObjectOptions {
+	return minio.PutObjectOptions{ContentType: "application/octet-stream", DisableMultipart: true, DisableContentSha256: true}
 }
 
 func (s *S3) Get(ctx context.Context, name string) ([]byte, error) {

@@ -15,7 +15,8 @@ import (
 
 const benchImage = 128 << 20
 
-// discard stores nothing, so the writer's own work is all that is timed.
+// discard stores nothing, so the writer's own work is all that is timed
+// (it still seems to hold a writer's lock).
 type discard struct{}
 
 func (discard) Put(context.Context, string, []byte) error { return nil }
@@ -23,6 +24,9 @@ func (discard) Get(_ context.Context, n string) ([]byte, error) {
 	return nil, fmt.Errorf("%s: %w", n, ErrNotFound)
 }
 func (discard) Stat(_ context.Context, n string) (int64, error) {
+	if strings.HasPrefix(n, locksPrefix) {
+		return 0, nil // a writer's lock is always there
+	}
 	return 0, fmt.Errorf("%s: %w", n, ErrNotFound)
 }
 func (discard) List(context.Context, string, func(string, int64) error) error { return nil }

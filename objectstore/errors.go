@@ -28,6 +28,12 @@ var (
 	// ErrWrongKey: the key does not unwrap the repository master key.
 	ErrWrongKey = errors.New("wrong repository key")
 
+	// ErrLocked: a lock of another process conflicts (a prune is
+	// running, or for a prune, anything else is).
+	ErrLocked = errors.New("repository is locked")
+	// ErrLockLost: this process's lock was removed as stale while it ran.
+	ErrLockLost = errors.New("repository lock lost")
+
 	// ErrBackupNotFound: no manifest with that backup id.
 	ErrBackupNotFound = errors.New("backup not found")
 	// ErrCorrupt: a stored object failed authentication, decoding or its

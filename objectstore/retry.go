@@ -53,6 +53,10 @@ func (r *Repository) put(ctx context.Context, name string, data []byte) error {
 	return retry(ctx, func() error { return r.be.Put(ctx, name, data) })
 }
 
+func (r *Repository) delete(ctx context.Context, name string) error {
+	return retry(ctx, func() error { return r.be.Delete(ctx, name) })
+}
+
 // create is Creator.Create where the backend has it, else put. A retry
 // after a lost answer to a Create that did succeed sees ErrExists.
 func (r *Repository) create(ctx context.Context, name string, data []byte) error {

@@ -224,3 +224,54 @@ func TestS3MissingBucket(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestS3Prune forgets and prunes on MinIO, under a prefix: deletes run
+// while the listing pages on (more than one page of 1000 chunks), a
+// second repository in the same bucket is untouched, and an export in
+// progress keeps the prune out.
+func TestS3Prune(t *testing.T) {
+	ctx := context.Background()
+	cfg := s3Config(t)
+	cfg.CreateBucket = true
+	open := func(prefix string) *Repository {
+		c := cfg
+		c.Prefix = prefix
+		be, err := NewS3(ctx, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return newRepo(t, be, nil)
+	}
+	r, neighbour := open("a"), open("b")
+	spec := strings.Repeat("r", 1100)
+	gone := backup(t, r, image(21, spec, 0), BackupOptions{Parallel: 16})
+	kept := image(22, "rtr", 0)
+	m := backup(t, r, kept, BackupOptions{})
+	theirs := backup(t, neighbour, image(21, "rr", 0), BackupOptions{})
+
+	w, err := r.NewBackup(ctx, BackupOptions{Size: testChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Prune(ctx, PruneOptions{}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("prune during an export: %v", err)
+	}
+	w.Abort()
+
+	if err := r.Forget(ctx, gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	st, err := r.Prune(ctx, PruneOptions{Parallel: 16})
+	if err != nil || st.ChunksDeleted != 1100 || st.ChunksKept != 3 || st.Backups != 1 {
+		t.Fatalf("prune: %+v, %v", st, err)
+	}
+	if got, err := restore(r, m); err != nil || !bytes.Equal(got, kept) {
+		t.Fatalf("restore after prune: %v", err)
+	}
+	if got, err := restore(neighbour, theirs); err != nil || !bytes.Equal(got, image(21, "rr", 0)) {
+		t.Fatalf("the other repository's backup after prune: %v", err)
+	}
+	if names := objects(t, r.be, "data/"); len(names) != 3 {
+		t.Fatalf("%d chunks left, want 3", len(names))
+	}
+}

@@ -64,6 +64,7 @@ type BackupWriter struct {
 	digest  *digester
 	parent  *ExtentCursor // the parent's extents, walked beside the image
 
+	lock   *heldLock       // shared: keeps a prune out until Commit or Abort
 	ctx    context.Context // ends when the backup fails or is aborted
 	cancel context.CancelCauseFunc
 	bufs   chan []byte // free chunk buffers: bounds memory
@@ -92,7 +93,8 @@ const maxKnown = 1 << 16
 var errAborted = errors.New("backup aborted")
 
 // NewBackup starts a backup. ctx bounds the whole backup, background
-// uploads included.
+// uploads included. It takes a shared lock on the repository (see Lock),
+// released by Commit or Abort, and fails with ErrLocked while a prune runs.
 func (r *Repository) NewBackup(ctx context.Context, opt BackupOptions) (*BackupWriter, error) {
 	if opt.Size < 0 {
 		return nil, fmt.Errorf("negative image size %d", opt.Size)
@@ -116,6 +118,11 @@ func (r *Repository) NewBackup(ctx context.Context, opt BackupOptions) (*BackupW
 		}
 		w.m.Parent = p.ID
 	}
+	lock, _, err := r.acquire(ctx, LockExport, w.m.ID)
+	if err != nil {
+		return nil, err
+	}
+	w.lock = lock
 	if opt.StreamSHA256 {
 		w.stream = sha256.New()
 	}
@@ -387,6 +394,7 @@ func (w *BackupWriter) Commit(ctx context.Context) (*Manifest, error) {
 	}
 	w.stop()
 	defer w.cancel(nil)
+	defer w.lock.release()
 	if w.ctx.Err() != nil {
 		return nil, fmt.Errorf("backup %s failed, no manifest written: %w", w.m.ID, context.Cause(w.ctx))
 	}
@@ -400,6 +408,9 @@ func (w *BackupWriter) Commit(ctx context.Context) (*Manifest, error) {
 	w.m.Stats = w.Stats()
 	w.m.Pages = w.pages
 	w.m.Digest = w.digest.sum()
+	if err := w.lock.check(ctx); err != nil {
+		return nil, fmt.Errorf("backup %s: %w", w.m.ID, err)
+	}
 	if err := w.r.saveManifest(ctx, &w.m); err != nil {
 		return nil, fmt.Errorf("writing manifest of backup %s: %w", w.m.ID, err)
 	}
@@ -413,6 +424,7 @@ func (w *BackupWriter) Abort() {
 	if !w.closed {
 		w.cancel(errAborted)
 		w.stop()
+		w.lock.release()
 	}
 }
 

@@ -72,7 +72,7 @@ func newBackupsCmd(g *globals) *cobra.Command {
 		},
 	}
 	addRepoFlags(show, rfShow)
-	cmd.AddCommand(list, show, newBackupsCheckCmd(g))
+	cmd.AddCommand(list, show, newBackupsCheckCmd(g), newForgetCmd())
 	return cmd
 }
 

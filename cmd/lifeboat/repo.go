@@ -154,7 +154,7 @@ func (r *repoFlags) open(ctx context.Context, cmd *cobra.Command) (*objectstore.
 	return objectstore.Open(ctx, be, key)
 }
 
-func newRepoCmd() *cobra.Command {
+func newRepoCmd(g *globals) *cobra.Command {
 	repo := &cobra.Command{Use: "repo", Short: "Manage the backup repository on S3"}
 	rf := &repoFlags{}
 	var chunk string
@@ -190,6 +190,6 @@ random master key wrapped by that key: keep the key safe, a lost key is lost bac
 	}
 	addRepoFlags(initCmd, rf)
 	initCmd.Flags().StringVar(&chunk, "chunk-size", "1MiB", "chunk size, a power of two from 64KiB to 64MiB (1MiB: see the README's benchmark)")
-	repo.AddCommand(initCmd)
+	repo.AddCommand(initCmd, newPruneCmd(g))
 	return repo
 }

@@ -67,7 +67,7 @@ bad credentials, bad flags).`,
 	root.PersistentPostRun = func(*cobra.Command, []string) { pprof.StopCPUProfile() }
 
 	root.AddCommand(newResolveCmd(g), newVerifyCmd(g), newExportCmd(g), newRestoreCmd(g), newCatCmd(g),
-		newBackupsCmd(g), newRepoCmd(), newRunCmd(g), newVersionCmd())
+		newBackupsCmd(g), newRepoCmd(g), newRunCmd(g), newVersionCmd())
 	return root
 }
 

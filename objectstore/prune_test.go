@@ -1,0 +1,205 @@
+package objectstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestForgetAndPrune(t *testing.T) {
+	ctx := context.Background()
+	be := NewMemory()
+	r := newRepo(t, be, []byte("k"))
+
+	// a and b are shared by both backups; the r chunks differ.
+	first := image(1, "abrr", 0)
+	m1 := backup(t, r, first, BackupOptions{})
+	second := bytes.Clone(first)
+	copy(second[3*testChunk:], image(9, "r", 0))
+	m2 := backup(t, r, second, BackupOptions{Parent: m1})
+	other := backup(t, r, image(3, "bt", 0), BackupOptions{}) // another volume
+	before := objects(t, be, "data/")
+	if len(before) != 6 { // a b r1 r2 r2' t
+		t.Fatalf("%d chunks stored, want 6", len(before))
+	}
+
+	gone := m1Only(t, r, m1, m2)
+	st, err := r.Prune(ctx, PruneOptions{})
+	if err != nil || st.ChunksDeleted != 0 || st.PagesDeleted != 0 || st.ChunksKept != 6 || st.Backups != 3 {
+		t.Fatalf("prune with nothing forgotten: %+v, %v", st, err)
+	}
+
+	if err := r.Forget(ctx, m1.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Forget(ctx, m1.ID); !errors.Is(err, ErrBackupNotFound) {
+		t.Fatalf("forgetting it again: %v", err)
+	}
+	if _, err := r.LoadBackup(ctx, m1.ID); !errors.Is(err, ErrBackupNotFound) {
+		t.Fatalf("forgotten backup loads: %v", err)
+	}
+
+	st, err = r.Prune(ctx, PruneOptions{DryRun: true})
+	if err != nil || st.ChunksDeleted != 1 || !st.DryRun {
+		t.Fatalf("dry run: %+v, %v", st, err)
+	}
+	if got := objects(t, be, "data/"); !slices.Equal(got, before) {
+		t.Fatal("a dry run deleted chunks")
+	}
+
+	st, err = r.Prune(ctx, PruneOptions{})
+	if err != nil || st.ChunksDeleted != 1 || st.ChunksKept != 5 || st.PagesDeleted != 1 || st.BytesDeleted == 0 {
+		t.Fatalf("prune: %+v, %v", st, err)
+	}
+	// Exactly m1's own chunk is gone: the one m2 replaced.
+	for _, name := range objects(t, be, "data/") {
+		if name == gone {
+			t.Fatalf("chunk %s only the forgotten backup referenced survived", name)
+		}
+	}
+	for _, m := range []*Manifest{m2, other} {
+		want := second
+		if m == other {
+			want = image(3, "bt", 0)
+		}
+		if got, err := restore(r, m); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("restore of %s after prune: %v", m.ID, err)
+		}
+	}
+	if locks := objects(t, be, locksPrefix); len(locks) != 0 {
+		t.Fatalf("locks left behind: %v", locks)
+	}
+	if st, err = r.Prune(ctx, PruneOptions{}); err != nil || st.ChunksDeleted+st.PagesDeleted != 0 {
+		t.Fatalf("second prune: %+v, %v", st, err)
+	}
+}
+
+// m1Only is the name of the chunk m1 has and m2 has not.
+func m1Only(t *testing.T, r *Repository, m1, m2 *Manifest) string {
+	t.Helper()
+	in2 := map[ChunkID]bool{}
+	for _, e := range extentsOf(t, r, m2) {
+		in2[e.ID] = true
+	}
+	var only []string
+	for _, e := range extentsOf(t, r, m1) {
+		if !in2[e.ID] {
+			only = append(only, chunkName(e.ID))
+		}
+	}
+	if len(only) != 1 {
+		t.Fatalf("%d chunks only in the first backup, want 1", len(only))
+	}
+	return only[0]
+}
+
+func TestPruneAndExportExcludeEachOther(t *testing.T) {
+	ctx := context.Background()
+	be := NewMemory()
+	r := newRepo(t, be, nil)
+	m := backup(t, r, image(1, "rr", 0), BackupOptions{})
+	if err := r.Forget(ctx, m.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	// An export in progress keeps a prune out, and deletes nothing.
+	w, err := r.NewBackup(ctx, BackupOptions{Size: testChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Prune(ctx, PruneOptions{}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("prune during an export: %v", err)
+	}
+	if n := len(objects(t, be, "data/")); n != 2 {
+		t.Fatalf("%d chunks after a refused prune, want 2", n)
+	}
+	w.Abort()
+
+	// A prune in progress keeps an export out.
+	h, _, err := r.acquire(ctx, LockPrune, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.NewBackup(ctx, BackupOptions{Size: testChunk}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("export during a prune: %v", err)
+	}
+	h.release()
+	if locks := objects(t, be, locksPrefix); len(locks) != 0 {
+		t.Fatalf("locks left behind: %v", locks)
+	}
+	if st, err := r.Prune(ctx, PruneOptions{}); err != nil || st.ChunksDeleted != 2 {
+		t.Fatalf("prune after both: %+v, %v", st, err)
+	}
+}
+
+func TestStaleLocks(t *testing.T) {
+	ctx := context.Background()
+	be := NewMemory()
+	r := newRepo(t, be, nil)
+	old := time.Now().Add(-2 * LockStaleAfter)
+	for i, kind := range []string{LockPrune, LockExport} {
+		l := Lock{Name: locksPrefix + "dead" + string(rune('0'+i)), Kind: kind, Host: "gone", Created: old, Refreshed: old}
+		data, _ := json.Marshal(l)
+		be.Put(ctx, l.Name, data)
+	}
+	be.Put(ctx, locksPrefix+"garbage", []byte("not json"))
+
+	// A dead prune's lock does not stop an export, which leaves it alone.
+	backup(t, r, image(1, "r", 0), BackupOptions{})
+	if n := len(objects(t, be, locksPrefix)); n != 3 {
+		t.Fatalf("%d locks after an export, want the 3 stale ones", n)
+	}
+	// A prune removes them all and goes on.
+	st, err := r.Prune(ctx, PruneOptions{})
+	if err != nil || len(st.StaleLocks) != 3 {
+		t.Fatalf("prune over stale locks: %+v, %v", st, err)
+	}
+	if n := len(objects(t, be, locksPrefix)); n != 0 {
+		t.Fatalf("%d locks after the prune", n)
+	}
+}
+
+func TestExportWhoseLockWasRemovedDoesNotCommit(t *testing.T) {
+	ctx := context.Background()
+	be := NewMemory()
+	r := newRepo(t, be, nil)
+	w, err := r.NewBackup(ctx, BackupOptions{Size: testChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Abort()
+	if err := w.Write(ctx, 0, image(1, "r", 0)); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range objects(t, be, locksPrefix) {
+		be.Delete(ctx, name) // what a prune does to a lock it finds stale
+	}
+	if _, err := w.Commit(ctx); !errors.Is(err, ErrLockLost) {
+		t.Fatalf("Commit without its lock: %v", err)
+	}
+	if list, _ := r.Backups(ctx); len(list) != 0 {
+		t.Fatal("a backup was committed without its lock")
+	}
+}
+
+func TestPruneRefusesUnreadableBackup(t *testing.T) {
+	ctx := context.Background()
+	be := NewMemory()
+	r := newRepo(t, be, nil)
+	m := backup(t, r, image(1, "rr", 0), BackupOptions{})
+	keep := backup(t, r, image(2, "r", 0), BackupOptions{})
+	if err := r.Forget(ctx, m.ID); err != nil {
+		t.Fatal(err)
+	}
+	be.Put(ctx, manifestName(keep.ID), []byte("damaged"))
+	if _, err := r.Prune(ctx, PruneOptions{}); err == nil || !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("prune with a damaged manifest: %v", err)
+	}
+	if n := len(objects(t, be, "data/")); n != 3 {
+		t.Fatalf("%d chunks left, want all 3: nothing may be deleted", n)
+	}
+}

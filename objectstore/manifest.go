@@ -213,9 +213,8 @@ func (m *Manifest) checkDigest() error {
 	return nil
 }
 
-// Backups returns the summaries of all backups, oldest first. It reads
-// every manifest (a few parallel GETs), so it costs O(total manifest size).
-func (r *Repository) Backups(ctx context.Context) ([]Summary, error) {
+// backupIDs lists the ids of all backups, in lexical (= time) order.
+func (r *Repository) backupIDs(ctx context.Context) ([]string, error) {
 	var ids []string
 	err := r.be.List(ctx, "backups/", func(name string, _ int64) error {
 		// Deeper names are not ours (Velero, sharing a bucket root, keeps
@@ -227,6 +226,16 @@ func (r *Repository) Backups(ctx context.Context) ([]Summary, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listing backups at %s: %w", r.be, err)
+	}
+	return ids, nil
+}
+
+// Backups returns the summaries of all backups, oldest first. It reads
+// every manifest (a few parallel GETs), so it costs O(total manifest size).
+func (r *Repository) Backups(ctx context.Context) ([]Summary, error) {
+	ids, err := r.backupIDs(ctx)
+	if err != nil {
+		return nil, err
 	}
 	out := make([]Summary, len(ids))
 	errs := make([]error, len(ids))

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path"
-	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -74,33 +73,9 @@ func (r *Repository) Prune(ctx context.Context, opt PruneOptions) (PruneStats, e
 		return st, err
 	}
 	d := r.newDeleter(ctx, opt)
-	err = r.be.List(ctx, "data/", func(name string, size int64) error {
-		id, err := ParseChunkID(path.Base(name))
-		if err != nil || name != chunkName(id) {
-			return nil // not a chunk of ours: leave it alone
-		}
-		if _, ok := chunks[id]; ok {
-			st.ChunksKept++
-			return nil
-		}
-		st.ChunksDeleted++
-		st.BytesDeleted += size
-		return d.delete(name)
-	})
+	err = d.sweep("data/", chunkName, chunks, &st.ChunksKept, &st.ChunksDeleted, &st.BytesDeleted)
 	if err == nil {
-		err = r.be.List(ctx, "pages/", func(name string, size int64) error {
-			id, err := ParseChunkID(path.Base(name))
-			if err != nil || name != pageName(id) {
-				return nil
-			}
-			if _, ok := pages[id]; ok {
-				st.PagesKept++
-				return nil
-			}
-			st.PagesDeleted++
-			st.BytesDeleted += size
-			return d.delete(name)
-		})
+		err = d.sweep("pages/", pageName, pages, &st.PagesKept, &st.PagesDeleted, &st.BytesDeleted)
 	}
 	if werr := d.wait(); err == nil {
 		err = werr
@@ -114,15 +89,9 @@ func (r *Repository) Prune(ctx context.Context, opt PruneOptions) (PruneStats, e
 // referenced reads every backup's extents and returns the chunks and
 // pages they reference, and how many backups there are.
 func (r *Repository) referenced(ctx context.Context) (map[ChunkID]struct{}, map[ChunkID]struct{}, int, error) {
-	var ids []string
-	err := r.be.List(ctx, "backups/", func(name string, _ int64) error {
-		if id := strings.TrimPrefix(name, "backups/"); !strings.Contains(id, "/") {
-			ids = append(ids, id)
-		}
-		return nil
-	})
+	ids, err := r.backupIDs(ctx)
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("listing backups: %w", err)
+		return nil, nil, 0, err
 	}
 	chunks, pages := map[ChunkID]struct{}{}, map[ChunkID]struct{}{}
 	for _, id := range ids {
@@ -179,6 +148,25 @@ func (r *Repository) newDeleter(ctx context.Context, opt PruneOptions) *deleter 
 		}()
 	}
 	return d
+}
+
+// sweep deletes the objects under prefix whose id is not in keep,
+// counting them. Names that are not nameOf their id are not ours: they
+// are left alone.
+func (d *deleter) sweep(prefix string, nameOf func(ChunkID) string, keep map[ChunkID]struct{}, kept, deleted, bytes *int64) error {
+	return d.r.be.List(d.ctx, prefix, func(name string, size int64) error {
+		id, err := ParseChunkID(path.Base(name))
+		if err != nil || name != nameOf(id) {
+			return nil
+		}
+		if _, ok := keep[id]; ok {
+			*kept++
+			return nil
+		}
+		*deleted++
+		*bytes += size
+		return d.delete(name)
+	})
 }
 
 func (d *deleter) delete(name string) error {

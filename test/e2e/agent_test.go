@@ -221,16 +221,16 @@ func backupsOf(t *testing.T, bucket, h string) []string {
 }
 
 // restoreAndCompare restores a backup into the stack's cluster and checks
-// it against the snapshot in Ceph.
-func restoreAndCompare(t *testing.T, w *world, bucket, id string, s *sim.Snapshot) {
+// it against the snapshot in Ceph; extra are more repository flags.
+func restoreAndCompare(t *testing.T, w *world, bucket, id string, s *sim.Snapshot, extra ...string) {
 	t.Helper()
 	want, err := w.sim.ReadSnapshotSHA256(context.Background(), s)
 	if err != nil {
 		t.Fatal(err)
 	}
 	target := "restored-" + uuid.NewString()[:8]
-	r := runLifeboat(t, "restore", id, "--to", w.spec(target), "--ceph-conf", env.Get("CEPH_CONF"),
-		"--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket)
+	r := runLifeboat(t, append([]string{"restore", id, "--to", w.spec(target), "--ceph-conf", env.Get("CEPH_CONF"),
+		"--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket}, extra...)...)
 	if r.code != 0 {
 		t.Fatalf("restore %s: %s", id, r.stderr)
 	}

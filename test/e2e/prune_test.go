@@ -82,17 +82,7 @@ func TestForgetAndPrune(t *testing.T) {
 		t.Fatalf("locks left: %v", repo.objects("locks/"))
 	}
 
-	r := w.run(append([]string{"restore", e2.ID, "--to", w.spec("pr-restored"), "--cluster", w.id}, repo.flags()...)...)
-	if r.code != 0 {
-		t.Fatalf("restore after prune: exit %d: %s", r.code, r.stderr)
-	}
-	gotSHA, err := w.sim.ImageSHA256(ctx, "pr-restored", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want, err := w.sim.ReadSnapshotSHA256(ctx, s2); err != nil || gotSHA != want {
-		t.Fatalf("restored after prune: sha256 %s, snapshot %s (%v)", gotSHA, want, err)
-	}
+	restoreAndCompare(t, w, repo.name, e2.ID, s2, "--encryption-key-file", repo.keyFile)
 
 	// A live prune lock (another host pruning) keeps an export out, with
 	// a message that says who holds it.
@@ -100,7 +90,7 @@ func TestForgetAndPrune(t *testing.T) {
 	lock, _ := json.Marshal(map[string]any{"kind": "prune", "host": "other-host", "pid": 7,
 		"created": now, "refreshed": now})
 	repo.put("locks/0123456789abcdef0123456789abcdef", lock)
-	r = w.run(append([]string{"export", s2.ContentName, "--full"}, repo.flags()...)...)
+	r := w.run(append([]string{"export", s2.ContentName, "--full"}, repo.flags()...)...)
 	if r.code == 0 || !strings.Contains(r.stderr, "repository is locked") || !strings.Contains(r.stderr, "other-host") {
 		t.Fatalf("export during a prune: exit %d: %s", r.code, r.stderr)
 	}

@@ -23,18 +23,25 @@ import (
 //
 // A lock is refreshed every lockRefresh; one not refreshed for
 // LockStaleAfter belongs to a process that died (or stalled) and no
-// longer counts. Prune deletes stale locks; an export checks that its lock
-// is still there before it writes its manifest, so one that stalled past
-// LockStaleAfter (while a prune may have run) fails instead of committing
-// a backup that may reference deleted chunks.
+// longer counts. Prune deletes stale locks. A holder relies on its lock
+// only while its last successful refresh is less than LockStaleAfter -
+// lockMargin old, by its own clock: past that (a stalled process, S3
+// unreachable) it stops refreshing, since a prune may already have taken
+// the lock for stale, and gives up its work. A refresh also fails the
+// holder if the lock was removed. The margin covers a last request that
+// is slow to land and clocks that disagree between hosts by less than it.
 const locksPrefix = "locks/"
 
 // LockStaleAfter is how long a lock counts without being refreshed. Far
-// longer than lockRefresh, so that slow requests or clock skew between
-// hosts of a few minutes never make a live lock look stale.
+// longer than lockRefresh, so that a few failed refreshes never make a
+// live lock look stale.
 var LockStaleAfter = 30 * time.Minute
 
-var lockRefresh = 5 * time.Minute
+var (
+	lockRefresh = 5 * time.Minute
+	// lockMargin: clocks of hosts sharing a repository must agree within it.
+	lockMargin = 5 * time.Minute
+)
 
 // Lock kinds.
 const (
@@ -101,41 +108,41 @@ func (r *Repository) Locks(ctx context.Context) ([]Lock, error) {
 // heldLock is a lock this process holds, refreshed in the background
 // until release.
 type heldLock struct {
-	r    *Repository
-	lock Lock
-	stop chan struct{}
-	done chan struct{}
-	once sync.Once
+	r      *Repository
+	lock   Lock
+	onLost func(error) // called once, from the refresher, when the lock is lost
+	stop   chan struct{}
+	done   chan struct{}
+	once   sync.Once
+
+	mu    sync.Mutex
+	fresh time.Time // when the last successful write of the lock started
+	lost  error     // why the lock can no longer be relied on; final
 }
 
 // acquire writes a lock of kind and fails with ErrLocked if another live
 // lock conflicts with it: any other for a prune, a prune's for an export.
-// A prune deletes the stale locks it finds and returns them.
-func (r *Repository) acquire(ctx context.Context, kind, backup string) (*heldLock, []Lock, error) {
+// A prune deletes the stale locks it finds and returns them. onLost, if
+// not nil, is called once if the lock is lost before release.
+func (r *Repository) acquire(ctx context.Context, kind, backup string, onLost func(error)) (*heldLock, []Lock, error) {
 	host, _ := os.Hostname()
-	now := time.Now().UTC()
+	start := time.Now()
 	l := Lock{Name: locksPrefix + randomHex(16), Kind: kind, Host: host, PID: os.Getpid(),
-		Backup: backup, Created: now, Refreshed: now}
+		Backup: backup, Created: start.UTC(), Refreshed: start.UTC()}
 	if err := r.putLock(ctx, l); err != nil {
 		return nil, nil, fmt.Errorf("writing lock %s: %w", l.Name, err)
 	}
-	h := &heldLock{r: r, lock: l, stop: make(chan struct{}), done: make(chan struct{})}
+	h := &heldLock{r: r, lock: l, onLost: onLost, fresh: start, stop: make(chan struct{}), done: make(chan struct{})}
 	others, err := r.Locks(ctx)
 	if err != nil {
 		h.remove()
 		return nil, nil, err
 	}
-	var stale []Lock
-	for _, o := range others {
-		switch {
-		case o.Name == l.Name:
-		case o.Stale(time.Now()):
-			stale = append(stale, o)
-		case kind == LockPrune || o.Kind == LockPrune:
-			h.remove()
-			return nil, nil, fmt.Errorf("%w at %s: %s; wait for it to finish (a lock of a process that died goes stale after %s without a refresh)",
-				ErrLocked, r.be, o, LockStaleAfter)
-		}
+	stale, err := conflicts(others, l)
+	if err != nil {
+		h.remove()
+		return nil, nil, fmt.Errorf("%w at %s: %v; wait for it to finish (a lock of a process that died goes stale after %s without a refresh)",
+			ErrLocked, r.be, err, LockStaleAfter)
 	}
 	if kind == LockPrune {
 		for _, o := range stale {
@@ -151,6 +158,22 @@ func (r *Repository) acquire(ctx context.Context, kind, backup string) (*heldLoc
 	return h, stale, nil
 }
 
+// conflicts returns the stale locks among others, or the first live one
+// that excludes l.
+func conflicts(others []Lock, l Lock) ([]Lock, error) {
+	var stale []Lock
+	for _, o := range others {
+		switch {
+		case o.Name == l.Name:
+		case o.Stale(time.Now()):
+			stale = append(stale, o)
+		case l.Kind == LockPrune || o.Kind == LockPrune:
+			return nil, errors.New(o.String())
+		}
+	}
+	return stale, nil
+}
+
 func (r *Repository) putLock(ctx context.Context, l Lock) error {
 	data, err := json.Marshal(l)
 	if err != nil {
@@ -159,9 +182,9 @@ func (r *Repository) putLock(ctx context.Context, l Lock) error {
 	return r.put(ctx, l.Name, data)
 }
 
-// refresh rewrites the lock every lockRefresh until release. A failed
-// refresh is tried again at the next tick: the lock only goes stale after
-// several misses, and check catches one that was removed.
+// refresh rewrites the lock every lockRefresh until release, or until
+// the lock is lost: it never writes a lock that may have been taken for
+// stale, since that would hide from check that a prune may have run.
 func (h *heldLock) refresh() {
 	defer close(h.done)
 	t := time.NewTicker(lockRefresh)
@@ -171,22 +194,104 @@ func (h *heldLock) refresh() {
 		case <-h.stop:
 			return
 		case <-t.C:
-			l := h.lock
-			l.Refreshed = time.Now().UTC()
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			_ = h.r.putLock(ctx, l)
-			cancel()
+			if err := h.refreshOnce(); err != nil {
+				h.fail(err)
+				return
+			}
 		}
 	}
 }
 
-// check fails if the lock is gone: a prune found it stale and removed it,
-// so what this process relied on may have been deleted.
-func (h *heldLock) check(ctx context.Context) error {
+// refreshOnce rewrites the lock if it is still there. A failed request
+// is not fatal (the next tick tries again) until the lock is too old.
+func (h *heldLock) refreshOnce() error {
+	start := time.Now()
+	ctx, cancel, err := h.bound(context.Background())
+	if err != nil {
+		return err
+	}
+	defer cancel()
 	ok, err := h.r.exists(ctx, h.lock.Name)
 	if err == nil && !ok {
-		return fmt.Errorf("%w: this process's lock %s was removed as stale (not refreshed for %s: was the process paused?); a prune may have run meanwhile, so nothing was committed: run it again",
-			ErrLockLost, h.lock.Name, LockStaleAfter)
+		return h.removed()
+	}
+	l := h.lock
+	l.Refreshed = start.UTC()
+	if err == nil && h.r.putLock(ctx, l) == nil {
+		h.mu.Lock()
+		h.fresh = start
+		h.mu.Unlock()
+	}
+	return nil
+}
+
+func (h *heldLock) removed() error {
+	return fmt.Errorf("%w: this process's lock %s was removed (by a prune that found it stale, or by hand); a prune may have run meanwhile",
+		ErrLockLost, h.lock.Name)
+}
+
+// fail marks the lock lost and tells the holder, once.
+func (h *heldLock) fail(err error) {
+	h.mu.Lock()
+	first := h.lost == nil
+	if first {
+		h.lost = err
+	}
+	h.mu.Unlock()
+	if first && h.onLost != nil {
+		h.onLost(err)
+	}
+}
+
+// valid returns nil while the holder may rely on the lock: it was not
+// lost and its last refresh is recent enough that no other host can
+// take it for stale.
+func (h *heldLock) valid() error {
+	if h == nil {
+		return nil // no lock needed (a dry run)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.lost == nil {
+		if age := since(h.fresh); age > LockStaleAfter-lockMargin {
+			h.lost = fmt.Errorf("%w: this process's lock %s was last refreshed %s ago (was the process paused, or S3 unreachable?); a prune may have taken it for stale and run",
+				ErrLockLost, h.lock.Name, age.Round(time.Second))
+		}
+	}
+	return h.lost
+}
+
+// bound returns ctx limited to the time the lock stays valid, so that a
+// request sent while it was valid cannot land long after.
+func (h *heldLock) bound(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	if err := h.valid(); err != nil {
+		return nil, nil, err
+	}
+	h.mu.Lock()
+	until := h.fresh.Add(LockStaleAfter - lockMargin)
+	h.mu.Unlock()
+	ctx, cancel := context.WithDeadline(ctx, until)
+	return ctx, cancel, nil
+}
+
+// since is the time elapsed since t by the wall clock or the monotonic
+// clock, whichever is more: the monotonic clock stops while a host is
+// suspended, and the wall clock can be stepped back.
+func since(t time.Time) time.Duration {
+	return max(time.Since(t), time.Now().Round(0).Sub(t.Round(0)))
+}
+
+// check fails if the lock is lost or gone: what this process relied on
+// may have been deleted by a prune.
+func (h *heldLock) check(ctx context.Context) error {
+	if err := h.valid(); err != nil {
+		return err
+	}
+	ok, err := h.r.exists(ctx, h.lock.Name)
+	if err == nil && !ok {
+		err = h.removed()
+		h.fail(err)
+		return err
 	}
 	if err != nil {
 		return fmt.Errorf("checking lock %s: %w", h.lock.Name, err)

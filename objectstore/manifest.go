@@ -121,6 +121,18 @@ func (r *Repository) LoadBackup(ctx context.Context, id string) (*Manifest, erro
 	return m, m.checkDigest()
 }
 
+// stillThere fails with ErrBackupNotFound if backup id's manifest is gone.
+func (r *Repository) stillThere(ctx context.Context, id string) error {
+	ok, err := r.exists(ctx, manifestName(id))
+	switch {
+	case err != nil:
+		return fmt.Errorf("checking backup %s: %w", id, err)
+	case !ok:
+		return fmt.Errorf("%w: backup %s was forgotten since it was chosen as the parent: run the export again", ErrBackupNotFound, id)
+	}
+	return nil
+}
+
 // loadManifest decodes backup id into v, a *Manifest or a *Summary (which
 // skips the extents).
 func (r *Repository) loadManifest(ctx context.Context, id string, v any) error {

@@ -7,16 +7,23 @@ import (
 	"path"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Forget deletes backup id's manifest: the backup is gone at once, as one
 // object. Its chunks and extents pages stay until a Prune finds nothing
 // else references them. Forgetting a parent does not harm its children:
-// every manifest lists all of its own chunks.
-func (r *Repository) Forget(ctx context.Context, id string) error {
+// every manifest lists all of its own chunks. A manifest that cannot be
+// read (damaged) is deleted only with force: Prune refuses to run while
+// one is there.
+func (r *Repository) Forget(ctx context.Context, id string, force bool) error {
 	var s Summary
-	if err := r.loadManifest(ctx, id, &s); err != nil {
+	err := r.loadManifest(ctx, id, &s)
+	switch {
+	case errors.Is(err, ErrBackupNotFound):
 		return err
+	case err != nil && !force:
+		return fmt.Errorf("%w (forget --force deletes it anyway)", err)
 	}
 	if err := r.delete(ctx, manifestName(id)); err != nil {
 		return fmt.Errorf("deleting backup %s: %w", id, err)
@@ -54,31 +61,51 @@ type PruneStats struct {
 // the number of objects deleted.
 func (r *Repository) Prune(ctx context.Context, opt PruneOptions) (PruneStats, error) {
 	st := PruneStats{DryRun: opt.DryRun}
-	lock, stale, err := r.acquire(ctx, LockPrune, "")
-	if err != nil {
-		return st, err
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var lock *heldLock // none for a dry run: it deletes nothing, so it need not keep exports out
+	if opt.DryRun {
+		locks, err := r.Locks(ctx)
+		if err != nil {
+			return st, err
+		}
+		for _, l := range locks {
+			if l.Stale(time.Now()) {
+				st.StaleLocks = append(st.StaleLocks, l)
+			}
+		}
+	} else {
+		var err error
+		if lock, st.StaleLocks, err = r.acquire(ctx, LockPrune, "", cancel); err != nil {
+			return st, err
+		}
+		defer lock.release()
 	}
-	defer lock.release()
-	st.StaleLocks = stale
 
 	chunks, pages, n, err := r.referenced(ctx)
 	if err != nil {
 		return st, err
 	}
 	st.Backups = n
-	// The lock was listed after it was written, and exports write theirs
-	// before they look: no export can have started since. Checking it
-	// again guards against this prune having stalled past LockStaleAfter.
-	if err := lock.check(ctx); err != nil {
-		return st, err
+	d := r.newDeleter(ctx, lock, opt)
+	if lock != nil {
+		// The lock was listed after it was written, and exports write
+		// theirs before they look: no export can have started since, as
+		// long as the lock stays valid, which every delete checks.
+		err = lock.check(ctx)
 	}
-	d := r.newDeleter(ctx, opt)
-	err = d.sweep("data/", chunkName, chunks, &st.ChunksKept, &st.ChunksDeleted, &st.BytesDeleted)
 	if err == nil {
-		err = d.sweep("pages/", pageName, pages, &st.PagesKept, &st.PagesDeleted, &st.BytesDeleted)
+		err = d.sweep("data/", chunkName, chunks, &st.ChunksKept, &d.chunks)
+	}
+	if err == nil {
+		err = d.sweep("pages/", pageName, pages, &st.PagesKept, &d.pages)
 	}
 	if werr := d.wait(); err == nil {
 		err = werr
+	}
+	st.ChunksDeleted, st.PagesDeleted, st.BytesDeleted = d.chunks.Load(), d.pages.Load(), d.bytes.Load()
+	if lerr := lock.valid(); err != nil && lerr != nil {
+		err = lerr // the reason the context was cancelled
 	}
 	if err != nil {
 		return st, fmt.Errorf("pruning %s: %w", r.be, err)
@@ -117,31 +144,41 @@ func (r *Repository) referenced(ctx context.Context) (map[ChunkID]struct{}, map[
 }
 
 // deleter deletes objects on a few goroutines; the first error stops it.
+// It counts what it deleted (or, dry, would delete). With a lock, every
+// delete must be sent while the lock is valid.
 type deleter struct {
 	r      *Repository
 	ctx    context.Context
+	lock   *heldLock // nil: dry run
 	dry    bool
-	names  chan string
+	queue  chan doomed
 	wg     sync.WaitGroup
 	failed atomic.Pointer[error]
+
+	chunks, pages, bytes atomic.Int64
 }
 
-func (r *Repository) newDeleter(ctx context.Context, opt PruneOptions) *deleter {
+type doomed struct {
+	name  string
+	size  int64
+	count *atomic.Int64 // chunks or pages
+}
+
+func (r *Repository) newDeleter(ctx context.Context, lock *heldLock, opt PruneOptions) *deleter {
 	par := opt.Parallel
 	if par <= 0 {
 		par = DefaultParallel
 	}
-	d := &deleter{r: r, ctx: ctx, dry: opt.DryRun, names: make(chan string)}
+	d := &deleter{r: r, ctx: ctx, lock: lock, dry: opt.DryRun, queue: make(chan doomed)}
 	for range par {
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
-			for name := range d.names {
+			for o := range d.queue {
 				if d.failed.Load() != nil {
 					continue
 				}
-				if err := r.delete(ctx, name); err != nil {
-					err = fmt.Errorf("deleting %s: %w", name, err)
+				if err := d.remove(o); err != nil {
 					d.failed.CompareAndSwap(nil, &err)
 				}
 			}
@@ -150,10 +187,28 @@ func (r *Repository) newDeleter(ctx context.Context, opt PruneOptions) *deleter 
 	return d
 }
 
+func (d *deleter) remove(o doomed) error {
+	ctx, cancel, err := d.lock.bound(d.ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	if err := d.r.delete(ctx, o.name); err != nil {
+		return fmt.Errorf("deleting %s: %w", o.name, err)
+	}
+	d.done(o)
+	return nil
+}
+
+func (d *deleter) done(o doomed) {
+	o.count.Add(1)
+	d.bytes.Add(o.size)
+}
+
 // sweep deletes the objects under prefix whose id is not in keep,
-// counting them. Names that are not nameOf their id are not ours: they
-// are left alone.
-func (d *deleter) sweep(prefix string, nameOf func(ChunkID) string, keep map[ChunkID]struct{}, kept, deleted, bytes *int64) error {
+// counting those kept (and, once deleted, the others in count). Names that are not nameOf their id are not ours:
+// they are left alone.
+func (d *deleter) sweep(prefix string, nameOf func(ChunkID) string, keep map[ChunkID]struct{}, kept *int64, count *atomic.Int64) error {
 	return d.r.be.List(d.ctx, prefix, func(name string, size int64) error {
 		id, err := ParseChunkID(path.Base(name))
 		if err != nil || name != nameOf(id) {
@@ -163,29 +218,28 @@ func (d *deleter) sweep(prefix string, nameOf func(ChunkID) string, keep map[Chu
 			*kept++
 			return nil
 		}
-		*deleted++
-		*bytes += size
-		return d.delete(name)
+		return d.delete(doomed{name, size, count})
 	})
 }
 
-func (d *deleter) delete(name string) error {
+func (d *deleter) delete(o doomed) error {
 	if err := d.failed.Load(); err != nil {
 		return *err
 	}
 	if d.dry {
+		d.done(o)
 		return nil
 	}
 	select {
-	case d.names <- name:
+	case d.queue <- o:
 		return nil
 	case <-d.ctx.Done():
-		return d.ctx.Err()
+		return context.Cause(d.ctx)
 	}
 }
 
 func (d *deleter) wait() error {
-	close(d.names)
+	close(d.queue)
 	d.wg.Wait()
 	if err := d.failed.Load(); err != nil {
 		return *err

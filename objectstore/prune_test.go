@@ -6,6 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -33,10 +36,10 @@ func TestForgetAndPrune(t *testing.T) {
 		t.Fatalf("prune with nothing forgotten: %+v, %v", st, err)
 	}
 
-	if err := r.Forget(ctx, m1.ID); err != nil {
+	if err := r.Forget(ctx, m1.ID, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Forget(ctx, m1.ID); !errors.Is(err, ErrBackupNotFound) {
+	if err := r.Forget(ctx, m1.ID, false); !errors.Is(err, ErrBackupNotFound) {
 		t.Fatalf("forgetting it again: %v", err)
 	}
 	if _, err := r.LoadBackup(ctx, m1.ID); !errors.Is(err, ErrBackupNotFound) {
@@ -102,7 +105,7 @@ func TestPruneAndExportExcludeEachOther(t *testing.T) {
 	be := NewMemory()
 	r := newRepo(t, be, nil)
 	m := backup(t, r, image(1, "rr", 0), BackupOptions{})
-	if err := r.Forget(ctx, m.ID); err != nil {
+	if err := r.Forget(ctx, m.ID, false); err != nil {
 		t.Fatal(err)
 	}
 
@@ -120,7 +123,7 @@ func TestPruneAndExportExcludeEachOther(t *testing.T) {
 	w.Abort()
 
 	// A prune in progress keeps an export out.
-	h, _, err := r.acquire(ctx, LockPrune, "")
+	h, _, err := r.acquire(ctx, LockPrune, "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +195,7 @@ func TestPruneRefusesUnreadableBackup(t *testing.T) {
 	r := newRepo(t, be, nil)
 	m := backup(t, r, image(1, "rr", 0), BackupOptions{})
 	keep := backup(t, r, image(2, "r", 0), BackupOptions{})
-	if err := r.Forget(ctx, m.ID); err != nil {
+	if err := r.Forget(ctx, m.ID, false); err != nil {
 		t.Fatal(err)
 	}
 	be.Put(ctx, manifestName(keep.ID), []byte("damaged"))
@@ -201,5 +204,168 @@ func TestPruneRefusesUnreadableBackup(t *testing.T) {
 	}
 	if n := len(objects(t, be, "data/")); n != 3 {
 		t.Fatalf("%d chunks left, want all 3: nothing may be deleted", n)
+	}
+}
+
+// shortLocks makes locks go stale in well under a second.
+func shortLocks(t *testing.T) {
+	stale, refresh, margin := LockStaleAfter, lockRefresh, lockMargin
+	LockStaleAfter, lockRefresh, lockMargin = 400*time.Millisecond, 20*time.Millisecond, 100*time.Millisecond
+	t.Cleanup(func() { LockStaleAfter, lockRefresh, lockMargin = stale, refresh, margin })
+}
+
+// lockStall is a backend on which the refreshes of one kind of lock fail
+// while stalled (a paused process, S3 out of reach), and whose first
+// listing of data/ once entered is set closes it and waits for release (a
+// prune paused just before it sweeps).
+type lockStall struct {
+	Backend
+	kind     string
+	stalled  atomic.Bool
+	entered  chan struct{}
+	release  chan struct{}
+	listOnce sync.Once
+}
+
+func (b *lockStall) Put(ctx context.Context, name string, data []byte) error {
+	if b.stalled.Load() && strings.HasPrefix(name, locksPrefix) && bytes.Contains(data, []byte(`"kind":"`+b.kind+`"`)) {
+		return errors.New("stalled")
+	}
+	return b.Backend.Put(ctx, name, data)
+}
+
+func (b *lockStall) List(ctx context.Context, prefix string, fn func(string, int64) error) error {
+	if prefix == "data/" && b.entered != nil {
+		b.listOnce.Do(func() { close(b.entered); <-b.release })
+	}
+	return b.Backend.List(ctx, prefix, fn)
+}
+
+// An export stalled past LockStaleAfter must not commit, even once its
+// refreshes work again: a prune took its lock for stale and deleted the
+// chunk it had uploaded. Rewriting the lock would hide that from Commit.
+func TestStalledExportCannotCommit(t *testing.T) {
+	shortLocks(t)
+	ctx := context.Background()
+	be := &lockStall{Backend: NewMemory(), kind: LockExport}
+	r := newRepo(t, be, nil)
+	w, err := r.NewBackup(ctx, BackupOptions{Size: testChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Abort()
+	if err := w.Write(ctx, 0, image(1, "r", 0)); err != nil {
+		t.Fatal(err)
+	}
+	be.stalled.Store(true)
+	time.Sleep(LockStaleAfter + 50*time.Millisecond)
+	st, err := r.Prune(ctx, PruneOptions{}) // another host's
+	if err != nil || len(st.StaleLocks) != 1 || st.ChunksDeleted != 1 {
+		t.Fatalf("prune beside the stalled export: %+v, %v", st, err)
+	}
+	be.stalled.Store(false)
+	time.Sleep(5 * lockRefresh) // the refreshes that would bring the lock back
+	if _, err := w.Commit(ctx); !errors.Is(err, ErrLockLost) {
+		t.Fatalf("Commit of the stalled export: %v", err)
+	}
+	if list, _ := r.Backups(ctx); len(list) != 0 {
+		t.Fatal("a backup whose chunk was pruned was committed")
+	}
+	if locks := objects(t, be, locksPrefix); len(locks) != 0 {
+		t.Fatalf("locks left behind: %v", locks)
+	}
+}
+
+// A prune stalled past LockStaleAfter after it read the backups must
+// delete nothing once it resumes: an export that took its lock for
+// stale may have committed a backup it never read.
+func TestStalledPruneDeletesNothing(t *testing.T) {
+	shortLocks(t)
+	ctx := context.Background()
+	be := &lockStall{Backend: NewMemory(), kind: LockPrune}
+	r := newRepo(t, be, nil)
+	be.entered, be.release = make(chan struct{}), make(chan struct{})
+	type result struct {
+		st  PruneStats
+		err error
+	}
+	done := make(chan result)
+	go func() {
+		st, err := r.Prune(ctx, PruneOptions{})
+		done <- result{st, err}
+	}()
+	<-be.entered
+	be.stalled.Store(true)
+	time.Sleep(LockStaleAfter + 50*time.Millisecond)
+	m := backup(t, r, image(2, "rt", 0), BackupOptions{}) // sees the prune's lock stale
+	close(be.release)
+	got := <-done
+	if !errors.Is(got.err, ErrLockLost) || got.st.ChunksDeleted != 0 {
+		t.Fatalf("the stalled prune: %+v, %v", got.st, got.err)
+	}
+	if err := r.Verify(ctx, m, 0); err != nil {
+		t.Fatalf("the backup made while the prune stalled: %v", err)
+	}
+}
+
+// A dry run takes no lock, so it runs beside an export, and it removes
+// nothing, stale locks included.
+func TestPruneDryRunTakesNoLock(t *testing.T) {
+	ctx := context.Background()
+	be := NewMemory()
+	r := newRepo(t, be, nil)
+	m := backup(t, r, image(1, "rr", 0), BackupOptions{})
+	if err := r.Forget(ctx, m.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-2 * LockStaleAfter)
+	data, _ := json.Marshal(Lock{Kind: LockExport, Host: "gone", Created: old, Refreshed: old})
+	be.Put(ctx, locksPrefix+"dead", data)
+	w, err := r.NewBackup(ctx, BackupOptions{Size: testChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Abort()
+	st, err := r.Prune(ctx, PruneOptions{DryRun: true})
+	if err != nil || !st.DryRun || st.ChunksDeleted != 2 || len(st.StaleLocks) != 1 {
+		t.Fatalf("dry run beside an export: %+v, %v", st, err)
+	}
+	if n := len(objects(t, be, "data/")); n != 2 {
+		t.Fatalf("%d chunks after a dry run, want 2", n)
+	}
+	if n := len(objects(t, be, locksPrefix)); n != 2 {
+		t.Fatalf("%d locks after a dry run, want the export's and the stale one", n)
+	}
+}
+
+// An export whose parent was forgotten (and maybe pruned) between being
+// chosen and the lock fails instead of reusing chunks that may be gone.
+func TestExportWithForgottenParent(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t, NewMemory(), nil)
+	m := backup(t, r, image(1, "rr", 0), BackupOptions{})
+	if err := r.Forget(ctx, m.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.NewBackup(ctx, BackupOptions{Size: m.Size, Parent: m}); !errors.Is(err, ErrBackupNotFound) {
+		t.Fatalf("export with a forgotten parent: %v", err)
+	}
+}
+
+// forget refuses a damaged manifest unless forced.
+func TestForgetDamaged(t *testing.T) {
+	ctx := context.Background()
+	be := NewMemory()
+	r := newRepo(t, be, nil)
+	m := backup(t, r, image(1, "r", 0), BackupOptions{})
+	be.Put(ctx, manifestName(m.ID), []byte("damaged"))
+	if err := r.Forget(ctx, m.ID, false); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("forget of a damaged manifest: %v", err)
+	}
+	if err := r.Forget(ctx, m.ID, true); err != nil {
+		t.Fatalf("forget --force: %v", err)
+	}
+	if st, err := r.Prune(ctx, PruneOptions{}); err != nil || st.ChunksDeleted != 1 {
+		t.Fatalf("prune after forgetting the damaged backup: %+v, %v", st, err)
 	}
 }

@@ -258,7 +258,7 @@ func TestS3Prune(t *testing.T) {
 	}
 	w.Abort()
 
-	if err := r.Forget(ctx, gone.ID); err != nil {
+	if err := r.Forget(ctx, gone.ID, false); err != nil {
 		t.Fatal(err)
 	}
 	st, err := r.Prune(ctx, PruneOptions{Parallel: 16})

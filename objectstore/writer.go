@@ -118,15 +118,25 @@ func (r *Repository) NewBackup(ctx context.Context, opt BackupOptions) (*BackupW
 		}
 		w.m.Parent = p.ID
 	}
-	lock, _, err := r.acquire(ctx, LockExport, w.m.ID)
+	w.ctx, w.cancel = context.WithCancelCause(ctx)
+	lock, _, err := r.acquire(ctx, LockExport, w.m.ID, w.cancel) // a lost lock fails the backup at once
 	if err != nil {
+		w.cancel(nil)
 		return nil, err
 	}
 	w.lock = lock
+	if p := opt.Parent; p != nil {
+		// The parent was chosen before the lock: a forget and a prune may
+		// have removed it and its chunks since.
+		if err := r.stillThere(ctx, p.ID); err != nil {
+			w.lock.release()
+			w.cancel(nil)
+			return nil, err
+		}
+	}
 	if opt.StreamSHA256 {
 		w.stream = sha256.New()
 	}
-	w.ctx, w.cancel = context.WithCancelCause(ctx)
 	w.digest = newDigester(opt.Size, r.cfg.ChunkSize)
 	if p := opt.Parent; p != nil {
 		w.parent = r.Cursor(w.ctx, p)
@@ -411,7 +421,14 @@ func (w *BackupWriter) Commit(ctx context.Context) (*Manifest, error) {
 	if err := w.lock.check(ctx); err != nil {
 		return nil, fmt.Errorf("backup %s: %w", w.m.ID, err)
 	}
-	if err := w.r.saveManifest(ctx, &w.m); err != nil {
+	// The manifest must land while the lock is valid: a prune that takes
+	// the lock for stale must find it or never see the chunks it names.
+	mctx, cancel, err := w.lock.bound(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", w.m.ID, err)
+	}
+	defer cancel()
+	if err := w.r.saveManifest(mctx, &w.m); err != nil {
 		return nil, fmt.Errorf("writing manifest of backup %s: %w", w.m.ID, err)
 	}
 	return &w.m, nil

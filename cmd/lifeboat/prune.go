@@ -11,13 +11,15 @@ import (
 // newForgetCmd is `backups forget ID...`.
 func newForgetCmd() *cobra.Command {
 	rf := &repoFlags{}
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "forget ID...",
 		Short: "Delete backups (their manifests); `repo prune` then frees the data only they used",
 		Long: `forget deletes each backup's manifest, one object, so the backup is gone at once and for good.
 Chunks and extents pages stay until ` + "`lifeboat repo prune`" + ` finds that no remaining backup uses them.
 Other backups never depend on a forgotten one: each lists all of its own chunks, so forgetting
-the parent of an incremental backup leaves the incremental whole.`,
+the parent of an incremental backup leaves the incremental whole. A manifest that cannot be read
+(damaged) is deleted only with --force; prune refuses to run while one is there.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			repo, err := rf.open(cmd.Context(), cmd)
@@ -25,7 +27,7 @@ the parent of an incremental backup leaves the incremental whole.`,
 				return err
 			}
 			for _, id := range args {
-				if err := repo.Forget(cmd.Context(), id); err != nil {
+				if err := repo.Forget(cmd.Context(), id, force); err != nil {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "forgot backup %s\n", id)
@@ -34,6 +36,7 @@ the parent of an incremental backup leaves the incremental whole.`,
 		},
 	}
 	addRepoFlags(cmd, rf)
+	cmd.Flags().BoolVar(&force, "force", false, "also delete a manifest that cannot be read (damaged)")
 	return cmd
 }
 
@@ -50,7 +53,8 @@ it deletes nothing.
 
 It takes an exclusive lock: it refuses to start while an export runs, and exports (and the
 agent's) fail with "repository is locked" until it ends. Locks not refreshed for 30 minutes
-belong to processes that died; prune removes them.`,
+belong to processes that died; prune removes them. --dry-run takes no lock and deletes nothing,
+stale locks included. Hosts sharing a repository need clocks that agree within 5 minutes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			repo, err := rf.open(cmd.Context(), cmd)
@@ -65,12 +69,12 @@ belong to processes that died; prune removes them.`,
 			if ok, err := printStructured(cmd.OutOrStdout(), g.output, st); ok {
 				return err
 			}
-			for _, l := range st.StaleLocks {
-				fmt.Fprintf(cmd.ErrOrStderr(), "removed stale %s\n", l)
-			}
-			verb := "deleted"
+			verb, locks := "deleted", "removed"
 			if st.DryRun {
-				verb = "would delete"
+				verb, locks = "would delete", "would remove"
+			}
+			for _, l := range st.StaleLocks {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s stale %s\n", locks, l)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%d backups: kept %d chunks and %d pages; %s %d chunks and %d pages (%s)\n",
 				st.Backups, st.ChunksKept, st.PagesKept, verb, st.ChunksDeleted, st.PagesDeleted, bytesIEC(uint64(st.BytesDeleted)))

@@ -104,10 +104,7 @@ func TestPruneAndExportExcludeEachOther(t *testing.T) {
 	ctx := context.Background()
 	be := NewMemory()
 	r := newRepo(t, be, nil)
-	m := backup(t, r, image(1, "rr", 0), BackupOptions{})
-	if err := r.Forget(ctx, m.ID, false); err != nil {
-		t.Fatal(err)
-	}
+	forgotten(t, r, image(1, "rr", 0))
 
 	// An export in progress keeps a prune out, and deletes nothing.
 	w, err := r.NewBackup(ctx, BackupOptions{Size: testChunk})
@@ -170,14 +167,7 @@ func TestExportWhoseLockWasRemovedDoesNotCommit(t *testing.T) {
 	ctx := context.Background()
 	be := NewMemory()
 	r := newRepo(t, be, nil)
-	w, err := r.NewBackup(ctx, BackupOptions{Size: testChunk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Abort()
-	if err := w.Write(ctx, 0, image(1, "r", 0)); err != nil {
-		t.Fatal(err)
-	}
+	w := uncommitted(t, r)
 	for _, name := range objects(t, be, locksPrefix) {
 		be.Delete(ctx, name) // what a prune does to a lock it finds stale
 	}
@@ -249,14 +239,7 @@ func TestStalledExportCannotCommit(t *testing.T) {
 	ctx := context.Background()
 	be := &lockStall{Backend: NewMemory(), kind: LockExport}
 	r := newRepo(t, be, nil)
-	w, err := r.NewBackup(ctx, BackupOptions{Size: testChunk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Abort()
-	if err := w.Write(ctx, 0, image(1, "r", 0)); err != nil {
-		t.Fatal(err)
-	}
+	w := uncommitted(t, r)
 	be.stalled.Store(true)
 	time.Sleep(LockStaleAfter + 50*time.Millisecond)
 	st, err := r.Prune(ctx, PruneOptions{}) // another host's
@@ -314,10 +297,7 @@ func TestPruneDryRunTakesNoLock(t *testing.T) {
 	ctx := context.Background()
 	be := NewMemory()
 	r := newRepo(t, be, nil)
-	m := backup(t, r, image(1, "rr", 0), BackupOptions{})
-	if err := r.Forget(ctx, m.ID, false); err != nil {
-		t.Fatal(err)
-	}
+	forgotten(t, r, image(1, "rr", 0))
 	old := time.Now().Add(-2 * LockStaleAfter)
 	data, _ := json.Marshal(Lock{Kind: LockExport, Host: "gone", Created: old, Refreshed: old})
 	be.Put(ctx, locksPrefix+"dead", data)
@@ -343,10 +323,7 @@ func TestPruneDryRunTakesNoLock(t *testing.T) {
 func TestExportWithForgottenParent(t *testing.T) {
 	ctx := context.Background()
 	r := newRepo(t, NewMemory(), nil)
-	m := backup(t, r, image(1, "rr", 0), BackupOptions{})
-	if err := r.Forget(ctx, m.ID, false); err != nil {
-		t.Fatal(err)
-	}
+	m := forgotten(t, r, image(1, "rr", 0))
 	if _, err := r.NewBackup(ctx, BackupOptions{Size: m.Size, Parent: m}); !errors.Is(err, ErrBackupNotFound) {
 		t.Fatalf("export with a forgotten parent: %v", err)
 	}
@@ -368,4 +345,30 @@ func TestForgetDamaged(t *testing.T) {
 	if st, err := r.Prune(ctx, PruneOptions{}); err != nil || st.ChunksDeleted != 1 {
 		t.Fatalf("prune after forgetting the damaged backup: %+v, %v", st, err)
 	}
+}
+
+// forgotten backs data up and forgets the backup, leaving its chunks for
+// a prune.
+func forgotten(t *testing.T, r *Repository, data []byte) *Manifest {
+	t.Helper()
+	m := backup(t, r, data, BackupOptions{})
+	if err := r.Forget(context.Background(), m.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// uncommitted is an export of one chunk that has uploaded it and holds
+// its lock, but has not committed yet.
+func uncommitted(t *testing.T, r *Repository) *BackupWriter {
+	t.Helper()
+	w, err := r.NewBackup(context.Background(), BackupOptions{Size: testChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Abort)
+	if err := w.Write(context.Background(), 0, image(1, "r", 0)); err != nil {
+		t.Fatal(err)
+	}
+	return w
 }

@@ -28,12 +28,7 @@ func newBackupsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := []objectstore.Summary{}
-			for _, s := range all {
-				if (pvc == "" || s.Source[backup.KeyPVC] == pvc) && (velero == "" || s.Source[backup.KeyVeleroBackup] == velero) {
-					out = append(out, s)
-				}
-			}
+			out := selectBackups(all, pvc, velero)
 			if ok, err := printStructured(cmd.OutOrStdout(), g.output, out); ok {
 				return err
 			}
@@ -72,8 +67,20 @@ func newBackupsCmd(g *globals) *cobra.Command {
 		},
 	}
 	addRepoFlags(show, rfShow)
-	cmd.AddCommand(list, show, newBackupsCheckCmd(g), newForgetCmd())
+	cmd.AddCommand(list, show, newBackupsCheckCmd(g), newForgetCmd(g))
 	return cmd
+}
+
+// selectBackups returns those of all made of PVC pvc and for Velero
+// backup velero ("": any).
+func selectBackups(all []objectstore.Summary, pvc, velero string) []objectstore.Summary {
+	out := []objectstore.Summary{}
+	for _, s := range all {
+		if (pvc == "" || s.Source[backup.KeyPVC] == pvc) && (velero == "" || s.Source[backup.KeyVeleroBackup] == velero) {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // checkResult is one line of `backups check -o json`.

@@ -1,43 +1,126 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/lifeboat-backup/lifeboat/kube/backup"
 	"github.com/lifeboat-backup/lifeboat/objectstore"
 )
 
-// newForgetCmd is `backups forget ID...`.
-func newForgetCmd() *cobra.Command {
+// newForgetCmd is `backups forget ID... | --keep-...`.
+func newForgetCmd(g *globals) *cobra.Command {
 	rf := &repoFlags{}
-	var force bool
+	var force, dryRun, prune bool
+	var pvc, velero string
+	var p objectstore.Policy
 	cmd := &cobra.Command{
-		Use:   "forget ID...",
-		Short: "Delete backups (their manifests); `repo prune` then frees the data only they used",
+		Use:   "forget ID... | --keep-last N [--keep-daily N ...] [--pvc NS/NAME] [--dry-run] [--prune]",
+		Short: "Delete backups (their manifests), by id or by a retention policy; `repo prune` then frees their data",
 		Long: `forget deletes each backup's manifest, one object, so the backup is gone at once and for good.
-Chunks and extents pages stay until ` + "`lifeboat repo prune`" + ` finds that no remaining backup uses them.
-Other backups never depend on a forgotten one: each lists all of its own chunks, so forgetting
-the parent of an incremental backup leaves the incremental whole. A manifest that cannot be read
-(damaged) is deleted only with --force; prune refuses to run while one is there.`,
-		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+Chunks and extents pages stay until ` + "`lifeboat repo prune`" + ` (or --prune) finds that no remaining backup
+uses them. Other backups never depend on a forgotten one: each lists all of its own chunks, so
+forgetting the parent of an incremental backup leaves the incremental whole. A manifest that cannot
+be read (damaged) is deleted only with --force; prune refuses to run while one is there.
+
+With --keep-* rules instead of ids, forget applies a retention policy to each volume's backups on
+its own (a volume: one PVC's source image, or one --image, in one Ceph cluster) and forgets what no
+rule keeps: the newest N (--keep-last), the newest of each of the N most recent hours, days, ISO
+weeks, months and years that have a backup (UTC), and all made within a duration of the volume's
+newest. Every rule keeps a volume's newest backup, so no volume loses its last one. --pvc and
+--velero-backup narrow the backups considered; --dry-run shows the decisions and forgets nothing.`,
+		RunE: func(cmd *cobra.Command, ids []string) error {
+			policy := p != (objectstore.Policy{})
+			switch {
+			case policy == (len(ids) > 0):
+				return errors.New("name backup ids or give --keep-* rules (not both)")
+			case !policy && (pvc != "" || velero != "" || dryRun):
+				return errors.New("--pvc, --velero-backup and --dry-run go with --keep-* rules")
+			case dryRun && prune:
+				return errors.New("--prune with --dry-run: a dry run forgets nothing, so there is nothing more to prune; run `repo prune --dry-run` to see what is already unreferenced")
+			}
+			if policy {
+				if err := p.Validate(); err != nil {
+					return err
+				}
+			}
 			repo, err := rf.open(cmd.Context(), cmd)
 			if err != nil {
 				return err
 			}
-			for _, id := range args {
+			if policy {
+				if ids, err = applyPolicy(cmd, g, repo, p, pvc, velero, dryRun); err != nil || dryRun {
+					return err
+				}
+			}
+			for _, id := range ids {
 				if err := repo.Forget(cmd.Context(), id, force); err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "forgot backup %s\n", id)
+				fmt.Fprintf(cmd.ErrOrStderr(), "forgot backup %s\n", id)
 			}
+			if !prune {
+				return nil
+			}
+			st, err := repo.Prune(cmd.Context(), objectstore.PruneOptions{Parallel: rf.parallel})
+			if err != nil {
+				return err
+			}
+			printPruned(cmd, st)
 			return nil
 		},
 	}
 	addRepoFlags(cmd, rf)
-	cmd.Flags().BoolVar(&force, "force", false, "also delete a manifest that cannot be read (damaged)")
+	f := cmd.Flags()
+	f.BoolVar(&force, "force", false, "also delete a manifest that cannot be read (damaged)")
+	f.IntVar(&p.Last, "keep-last", 0, "keep the newest N backups of each volume")
+	f.IntVar(&p.Hourly, "keep-hourly", 0, "keep the newest backup of each of the last N hours that have one")
+	f.IntVar(&p.Daily, "keep-daily", 0, "keep the newest backup of each of the last N days that have one")
+	f.IntVar(&p.Weekly, "keep-weekly", 0, "keep the newest backup of each of the last N ISO weeks that have one")
+	f.IntVar(&p.Monthly, "keep-monthly", 0, "keep the newest backup of each of the last N months that have one")
+	f.IntVar(&p.Yearly, "keep-yearly", 0, "keep the newest backup of each of the last N years that have one")
+	f.DurationVar(&p.Within, "keep-within", 0, "keep every backup made within this long of the volume's newest (e.g. 720h)")
+	f.StringVar(&pvc, "pvc", "", "with --keep-*: only backups of this PVC (NAMESPACE/NAME)")
+	f.StringVar(&velero, "velero-backup", "", "with --keep-*: only backups made for this Velero backup")
+	f.BoolVar(&dryRun, "dry-run", false, "with --keep-*: show what would be kept and forgotten, forget nothing")
+	f.BoolVar(&prune, "prune", false, "then delete the data no remaining backup uses (repo prune)")
 	return cmd
+}
+
+// applyPolicy prints p's decisions on the selected backups and returns
+// the ids it forgets.
+func applyPolicy(cmd *cobra.Command, g *globals, repo *objectstore.Repository, p objectstore.Policy, pvc, velero string, dryRun bool) ([]string, error) {
+	all, err := repo.Backups(cmd.Context())
+	if err != nil {
+		return nil, err
+	}
+	decisions := p.Apply(selectBackups(all, pvc, velero), backup.Volume)
+	var forget []string
+	for _, d := range decisions {
+		if !d.Keep {
+			forget = append(forget, d.ID)
+		}
+	}
+	if ok, err := printStructured(cmd.OutOrStdout(), g.output, decisions); ok {
+		return forget, err
+	}
+	w := newTable(cmd.OutOrStdout())
+	row(w, "ID", "CREATED", "VOLUME", "PVC", "DECISION", "KEPT BY")
+	for _, d := range decisions {
+		decision := "keep"
+		switch {
+		case !d.Keep && dryRun:
+			decision = "would forget"
+		case !d.Keep:
+			decision = "forget"
+		}
+		row(w, d.ID, d.Created.Format("2006-01-02 15:04:05"), d.Source[backup.KeyLineage], d.Source[backup.KeyPVC],
+			decision, strings.Join(d.Reasons, ","))
+	}
+	return forget, w.Flush()
 }
 
 // newPruneCmd is `repo prune`.
@@ -69,19 +152,24 @@ stale locks included. Hosts sharing a repository need clocks that agree within 5
 			if ok, err := printStructured(cmd.OutOrStdout(), g.output, st); ok {
 				return err
 			}
-			verb, locks := "deleted", "removed"
-			if st.DryRun {
-				verb, locks = "would delete", "would remove"
-			}
-			for _, l := range st.StaleLocks {
-				fmt.Fprintf(cmd.ErrOrStderr(), "%s stale %s\n", locks, l)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%d backups: kept %d chunks and %d pages; %s %d chunks and %d pages (%s)\n",
-				st.Backups, st.ChunksKept, st.PagesKept, verb, st.ChunksDeleted, st.PagesDeleted, bytesIEC(uint64(st.BytesDeleted)))
+			printPruned(cmd, st)
 			return nil
 		},
 	}
 	addRepoFlags(cmd, rf)
 	cmd.Flags().BoolVar(&opt.DryRun, "dry-run", false, "count what would be deleted, delete nothing")
 	return cmd
+}
+
+// printPruned reports what a prune did.
+func printPruned(cmd *cobra.Command, st objectstore.PruneStats) {
+	verb, locks := "deleted", "removed"
+	if st.DryRun {
+		verb, locks = "would delete", "would remove"
+	}
+	for _, l := range st.StaleLocks {
+		fmt.Fprintf(cmd.ErrOrStderr(), "%s stale %s\n", locks, l)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "%d backups: kept %d chunks and %d pages; %s %d chunks and %d pages (%s)\n",
+		st.Backups, st.ChunksKept, st.PagesKept, verb, st.ChunksDeleted, st.PagesDeleted, bytesIEC(uint64(st.BytesDeleted)))
 }

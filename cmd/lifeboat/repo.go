@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -33,16 +34,46 @@ type fileConfig struct {
 
 // agentConfig is the agent: section, read by `lifeboat run`.
 type agentConfig struct {
-	Workers           *int     `json:"workers"`
-	Export            *bool    `json:"export"`
-	Selector          *string  `json:"selector"`
-	IncludeNamespaces []string `json:"includeNamespaces"`
-	ExcludeNamespaces []string `json:"excludeNamespaces"`
-	VerifyInterval    string   `json:"verifyInterval"`
-	LeaseName         string   `json:"leaseName"`
-	MetricsAddress    string   `json:"metricsAddress"`
-	CSIConfigMap      string   `json:"csiConfigMap"`
-	CephSecret        string   `json:"cephSecret"`
+	Workers           *int             `json:"workers"`
+	Export            *bool            `json:"export"`
+	Selector          *string          `json:"selector"`
+	IncludeNamespaces []string         `json:"includeNamespaces"`
+	ExcludeNamespaces []string         `json:"excludeNamespaces"`
+	VerifyInterval    string           `json:"verifyInterval"`
+	LeaseName         string           `json:"leaseName"`
+	MetricsAddress    string           `json:"metricsAddress"`
+	CSIConfigMap      string           `json:"csiConfigMap"`
+	CephSecret        string           `json:"cephSecret"`
+	Retention         *retentionConfig `json:"retention"`
+}
+
+// retentionConfig is agent.retention: the policy applied to a volume's
+// backups after each export (see backups forget --keep-*).
+type retentionConfig struct {
+	KeepLast    int    `json:"keepLast"`
+	KeepHourly  int    `json:"keepHourly"`
+	KeepDaily   int    `json:"keepDaily"`
+	KeepWeekly  int    `json:"keepWeekly"`
+	KeepMonthly int    `json:"keepMonthly"`
+	KeepYearly  int    `json:"keepYearly"`
+	KeepWithin  string `json:"keepWithin"`
+}
+
+// policy checks and converts the section.
+func (c retentionConfig) policy() (*objectstore.Policy, error) {
+	p := &objectstore.Policy{Last: c.KeepLast, Hourly: c.KeepHourly, Daily: c.KeepDaily, Weekly: c.KeepWeekly,
+		Monthly: c.KeepMonthly, Yearly: c.KeepYearly}
+	if c.KeepWithin != "" {
+		d, err := time.ParseDuration(c.KeepWithin)
+		if err != nil {
+			return nil, fmt.Errorf("agent.retention.keepWithin %q: %v (e.g. 720h)", c.KeepWithin, err)
+		}
+		p.Within = d
+	}
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("agent.retention: %w", err)
+	}
+	return p, nil
 }
 
 // repoFlags are the flags of every command that uses the repository.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/lifeboat-backup/lifeboat/kube"
 	"github.com/lifeboat-backup/lifeboat/kube/controller"
+	"github.com/lifeboat-backup/lifeboat/objectstore"
 	"github.com/lifeboat-backup/lifeboat/rbd"
 )
 
@@ -33,6 +34,7 @@ type runFlags struct {
 	leaseName      string
 	identity       string
 	metricsAddress string
+	retention      *objectstore.Policy
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -112,6 +114,13 @@ func (r *runFlags) merge(cmd *cobra.Command, a agentConfig, g *globals) error {
 	if a.CephSecret != "" && !cmd.Flags().Changed("ceph-secret") {
 		g.secret = a.CephSecret
 	}
+	if a.Retention != nil {
+		p, err := a.Retention.policy()
+		if err != nil {
+			return err
+		}
+		r.retention = p
+	}
 	if r.workers < 1 {
 		return fmt.Errorf("workers must be at least 1, not %d", r.workers)
 	}
@@ -177,12 +186,13 @@ func (r *runFlags) run(ctx context.Context, g *globals, rf *repoFlags) error {
 	}
 	defer srv.Close()
 	cfg := controller.Config{Workers: r.workers, Export: r.export, Selector: sel, IncludeNamespaces: r.include,
-		ExcludeNamespaces: r.exclude, VerifyInterval: r.verifyInterval, Parallel: rf.parallel, DriverSuffix: g.driver}
+		ExcludeNamespaces: r.exclude, VerifyInterval: r.verifyInterval, Parallel: rf.parallel, DriverSuffix: g.driver,
+		Retention: r.retention}
 	ctrl := controller.New(cfg, b.Kube, b, repo, m)
 	m.ObjectstoreUp.Set(1)
 	ready.Store(true)
 	slog.Info("lifeboat agent starting", "version", version, "repository", repo.Config().ID[:12], "workers", r.workers,
-		"export", r.export, "selector", r.selector, "lease", r.leaseNamespace+"/"+r.leaseName, "identity", r.identity,
+		"export", r.export, "retention", r.retention != nil, "selector", r.selector, "lease", r.leaseNamespace+"/"+r.leaseName, "identity", r.identity,
 		"cephConnections", rbd.ConnectionsOpened())
 	return controller.RunLeading(ctx, b.Kube, r.leaseNamespace, r.leaseName, r.identity, m, ctrl.Run)
 }

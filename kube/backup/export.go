@@ -299,6 +299,12 @@ func progress(fn func(objectstore.Stats, uint64), total uint64) func(objectstore
 	return func(s objectstore.Stats) { fn(s, total) }
 }
 
+// Volume names the volume a backup is of: its lineage in its Ceph
+// cluster, the chain an incremental builds on and retention judges.
+func Volume(s objectstore.Summary) string {
+	return s.Source[KeyFSID] + "/" + s.Source[KeyLineage]
+}
+
 // previous finds the latest backup of the same lineage in the same Ceph
 // cluster, the parent of an incremental.
 func previous(ctx context.Context, repo *objectstore.Repository, src Source, opts Options) (*objectstore.Manifest, error) {
@@ -306,7 +312,7 @@ func previous(ctx context.Context, repo *objectstore.Repository, src Source, opt
 		return nil, nil
 	}
 	return repo.FindLatest(ctx, func(s *objectstore.Summary) bool {
-		return s.Source[KeyLineage] == src.Lineage && s.Source[KeyFSID] == src.Cluster.FSID
+		return Volume(*s) == src.Cluster.FSID+"/"+src.Lineage
 	})
 }
 

@@ -44,11 +44,19 @@ const (
 	AnnVerified   = "lifeboat.io/verified"
 	AnnExportedAt = "lifeboat.io/exported-at"
 	AnnError      = "lifeboat.io/error"
+	// AnnRepository is the id of the repository the backup went to: a
+	// snapshot exported to this repository whose backup is gone was
+	// forgotten, while one exported to another is exported anew.
+	AnnRepository = "lifeboat.io/repository"
 
 	PhasePending   = "Pending"
 	PhaseExporting = "Exporting"
 	PhaseExported  = "Exported"
 	PhaseFailed    = "Failed"
+	// PhaseForgotten: exported, then forgotten (a retention policy, or
+	// `backups forget`); never exported again unless the phase annotation
+	// is removed.
+	PhaseForgotten = "Forgotten"
 )
 
 // Config is what the controller does.
@@ -61,6 +69,9 @@ type Config struct {
 	VerifyInterval    time.Duration
 	Parallel          int
 	DriverSuffix      string
+	// Retention, if set, is applied to a volume's backups after each
+	// export of it: what it does not keep is forgotten (not pruned).
+	Retention *objectstore.Policy
 }
 
 // Controller reconciles VolumeSnapshotContents.
@@ -223,6 +234,14 @@ func (c *Controller) reconcile(ctx context.Context, name string) error {
 		}
 		return nil
 	}
+	if c.forgotten(vsc) {
+		if vsc.Annotations[AnnPhase] != PhaseForgotten {
+			c.event(s, corev1.EventTypeNormal, "Forgotten", "backup %s was forgotten (retention or backups forget); not exporting it again (removing the %s annotation would)",
+				vsc.Annotations[AnnBackupID], AnnPhase)
+			return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseForgotten), AnnError: nil})
+		}
+		return nil
+	}
 	if c.cfg.Export && vsc.Annotations[AnnPhase] == "" {
 		// First sight: say it is in lifeboat's hands.
 		if err := c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhasePending)}); err != nil {
@@ -287,7 +306,58 @@ func (c *Controller) export(ctx context.Context, s kube.Snapshot) error {
 	c.event(s, corev1.EventTypeNormal, "Exported", "exported as backup %s (%s): %d bytes read, %d new, %d stored in %.1fs",
 		m.ID, pathText(res), res.CephBytesRead, m.Stats.BytesNew, m.Stats.BytesStored, res.Seconds)
 	now := time.Now().UTC().Format(time.RFC3339)
-	return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseExported), AnnBackupID: &m.ID, AnnExportedAt: &now, AnnError: nil})
+	repoID := c.repo.Config().ID
+	if err := c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseExported), AnnBackupID: &m.ID, AnnExportedAt: &now,
+		AnnRepository: &repoID, AnnError: nil}); err != nil {
+		return err
+	}
+	if c.cfg.Retention != nil {
+		c.retire(ctx, backup.Volume(m.Summary))
+	}
+	return nil
+}
+
+// forgotten reports whether vsc was exported to this repository and its
+// backup is no longer there.
+func (c *Controller) forgotten(vsc *snapv1.VolumeSnapshotContent) bool {
+	a := vsc.Annotations
+	return (a[AnnPhase] == PhaseExported || a[AnnPhase] == PhaseForgotten) &&
+		a[AnnBackupID] != "" && a[AnnRepository] == c.repo.Config().ID
+}
+
+// retire applies the retention policy to volume vol's backups. A failure
+// is logged and counted, never fatal: the next export tries again.
+func (c *Controller) retire(ctx context.Context, vol string) {
+	all, err := c.repo.Backups(ctx)
+	if err != nil {
+		c.metrics.Retention.WithLabelValues("failure").Inc()
+		slog.Error("retention: listing backups", "volume", vol, "err", err)
+		return
+	}
+	var mine []objectstore.Summary
+	for _, s := range all {
+		if backup.Volume(s) == vol {
+			mine = append(mine, s)
+		}
+	}
+	for _, d := range c.cfg.Retention.Apply(mine, backup.Volume) {
+		if d.Keep {
+			continue
+		}
+		if err := c.repo.Forget(ctx, d.ID, false); err != nil && !errors.Is(err, objectstore.ErrBackupNotFound) {
+			c.metrics.Retention.WithLabelValues("failure").Inc()
+			slog.Error("retention: forgetting a backup", "backup", d.ID, "volume", vol, "err", err)
+			continue
+		}
+		c.mu.Lock()
+		delete(c.exported, d.Source[backup.KeyHandle])
+		c.mu.Unlock()
+		c.metrics.Retention.WithLabelValues("forgotten").Inc()
+		slog.Info("retention: forgot backup", "backup", d.ID, "volume", vol, "created", d.Created)
+		if name := d.Source[backup.KeyContent]; name != "" {
+			c.queue.Add(name) // its snapshot, if still there, becomes Forgotten
+		}
+	}
 }
 
 func pathText(res *backup.Result) string {

@@ -21,6 +21,7 @@ type Metrics struct {
 	ExportDuration prometheus.Histogram
 	ExportPaths    *prometheus.CounterVec
 	Fallbacks      *prometheus.CounterVec
+	Retention      *prometheus.CounterVec
 	LastExport     *prometheus.GaugeVec
 	VerifyProblems *prometheus.GaugeVec
 	CephUp         *prometheus.GaugeVec
@@ -49,6 +50,8 @@ func NewMetrics() *Metrics {
 		Help: "Successful exports by how they found the data: full, hash (read all, upload changes), diff-by-id or diff-by-name (read only what Ceph says changed)."}, []string{"path"})
 	m.Fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lifeboat_export_diff_fallbacks_total",
 		Help: "Incremental exports that could not use Ceph's diff and read every allocated chunk instead, by reason."}, []string{"reason"})
+	m.Retention = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lifeboat_retention_forgets_total",
+		Help: "Backups the retention policy forgot (forgotten), and attempts that failed (failure)."}, []string{"result"})
 	m.LastExport = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lifeboat_last_export_timestamp_seconds",
 		Help: "Unix time of the last successful export of each PVC."}, []string{"namespace", "pvc"})
 	m.VerifyProblems = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lifeboat_verify_problems",
@@ -60,13 +63,16 @@ func NewMetrics() *Metrics {
 	m.Leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "lifeboat_leader",
 		Help: "1 when this replica holds the leader lease and works, 0 on standby."})
 	for _, c := range []prometheus.Collector{m.Snapshots, m.OrphanImages, m.OrphanBytes, m.Exports, m.ExportBytes,
-		m.ExportDuration, m.ExportPaths, m.Fallbacks, m.LastExport, m.VerifyProblems, m.CephUp, m.ObjectstoreUp, m.Leader,
+		m.ExportDuration, m.ExportPaths, m.Fallbacks, m.Retention, m.LastExport, m.VerifyProblems, m.CephUp, m.ObjectstoreUp, m.Leader,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}
 	// Show every label value from the start: a zero is information.
 	for _, r := range []string{"success", "failure"} {
 		m.Exports.WithLabelValues(r)
+	}
+	for _, r := range []string{"forgotten", "failure"} {
+		m.Retention.WithLabelValues(r)
 	}
 	for _, k := range []string{"read", "new", "stored"} {
 		m.ExportBytes.WithLabelValues(k)

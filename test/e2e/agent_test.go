@@ -82,6 +82,16 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
+// agentWorld is a world for agent tests: S3 credentials in the
+// environment, the deployed ServiceAccount's kubeconfig, and a bucket
+// removed at the end.
+func agentWorld(t *testing.T) (*world, string, string) {
+	w := newWorld(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", env.Get("AWS_ACCESS_KEY_ID"))
+	t.Setenv("AWS_SECRET_ACCESS_KEY", env.Get("AWS_SECRET_ACCESS_KEY"))
+	return w, saKubeconfig(t, w), removedAtEnd(t, "agent-"+w.id).name
+}
+
 // agentConfig writes the agent's config file for a world and bucket.
 func agentConfig(t *testing.T, bucket string, extra string) string {
 	p := filepath.Join(t.TempDir(), "config.yaml")
@@ -244,11 +254,7 @@ func restoreAndCompare(t *testing.T, w *world, bucket, id string, s *sim.Snapsho
 }
 
 func TestAgentExportsVeleroSnapshots(t *testing.T) {
-	w := newWorld(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", env.Get("AWS_ACCESS_KEY_ID"))
-	t.Setenv("AWS_SECRET_ACCESS_KEY", env.Get("AWS_SECRET_ACCESS_KEY"))
-	kc := saKubeconfig(t, w)
-	bucket := removedAtEnd(t, "agent-"+w.id).name
+	w, kc, bucket := agentWorld(t)
 	vol := w.volume("db", 32*MiB)
 	labelled := w.snapshot(vol, "nightly")
 	unlabelled := w.snapshot(vol, "")
@@ -342,11 +348,7 @@ func TestAgentExportsVeleroSnapshots(t *testing.T) {
 // it in the middle of an export hands over to the other, and the snapshot
 // ends up exported exactly once, restorable bit-exactly.
 func TestAgentLeaderKilledMidExport(t *testing.T) {
-	w := newWorld(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", env.Get("AWS_ACCESS_KEY_ID"))
-	t.Setenv("AWS_SECRET_ACCESS_KEY", env.Get("AWS_SECRET_ACCESS_KEY"))
-	kc := saKubeconfig(t, w)
-	bucket := removedAtEnd(t, "agent-"+w.id).name
+	w, kc, bucket := agentWorld(t)
 	ctx := context.Background()
 	vol, err := w.sim.CreateVolume(ctx, w.id, "big", 512*MiB)
 	if err != nil {
@@ -390,6 +392,64 @@ func TestAgentLeaderKilledMidExport(t *testing.T) {
 	restoreAndCompare(t, w, bucket, ids[0], s)
 }
 
+// TestAgentRetention: with agent.retention keeping one backup per volume,
+// the second export of a PVC forgets the first backup; its snapshot is
+// marked Forgotten and is not exported again, not even by a new agent that
+// rebuilds its view from the repository.
+func TestAgentRetention(t *testing.T) {
+	w, kc, bucket := agentWorld(t)
+	vol := w.volume("logs", 16*MiB)
+	initRepo(t, bucket)
+	cfg := agentConfig(t, bucket, "  retention: {keepLast: 1}\n")
+	exported := func(s *sim.Snapshot) func() bool {
+		return func() bool { return w.annotations(s.ContentName)["lifeboat.io/phase"] == "Exported" }
+	}
+	a := startAgent(t, w, kc, cfg, "replica-a")
+	first := w.snapshot(vol, "monday")
+	waitFor(t, "the first snapshot to be exported", 90*time.Second, exported(first), a)
+	second := w.snapshot(vol, "tuesday")
+	waitFor(t, "the second snapshot to be exported", 90*time.Second, exported(second), a)
+	waitFor(t, "the first snapshot to be marked Forgotten", 30*time.Second, func() bool {
+		return w.annotations(first.ContentName)["lifeboat.io/phase"] == "Forgotten"
+	}, a)
+	if ids := backupsOf(t, bucket, first.Handle); len(ids) != 0 {
+		t.Fatalf("the first snapshot still has backups %v", ids)
+	}
+	ids := backupsOf(t, bucket, second.Handle)
+	if len(ids) != 1 || w.annotations(second.ContentName)["lifeboat.io/backup-id"] != ids[0] {
+		t.Fatalf("backups of the second snapshot: %v, annotations %v", ids, w.annotations(second.ContentName))
+	}
+	mf, err := a.scrape()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := value(mf, "lifeboat_retention_forgets_total", "result", "forgotten"); got != 1 {
+		t.Errorf("lifeboat_retention_forgets_total{forgotten} = %v, want 1", got)
+	}
+
+	// A new agent learns what is exported from the repository alone: the
+	// first snapshot's backup is not there, yet it must not export it again.
+	_ = a.cmd.Process.Kill()
+	b := startAgent(t, w, kc, cfg, "replica-b")
+	waitFor(t, "replica-b to work through both snapshots and verify them", 60*time.Second, func() bool {
+		mf, err := b.scrape()
+		q := []string{"name", "volumesnapshotcontents"}
+		return err == nil && value(mf, "lifeboat_snapshots", "status", "OK") == 2 && value(mf, "workqueue_adds_total", q...) >= 2 &&
+			value(mf, "workqueue_depth", q...) == 0 && value(mf, "workqueue_unfinished_work_seconds", q...) == 0
+	}, b)
+	mf, err = b.scrape()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := value(mf, "lifeboat_exports_total", "result", "success"); got != 0 {
+		t.Errorf("replica-b exported %v snapshots, want none", got)
+	}
+	if ids := backupsOf(t, bucket, first.Handle); len(ids) != 0 || w.annotations(first.ContentName)["lifeboat.io/phase"] != "Forgotten" {
+		t.Errorf("after a restart: backups %v of the forgotten snapshot, phase %q", ids, w.annotations(first.ContentName)["lifeboat.io/phase"])
+	}
+	restoreAndCompare(t, w, bucket, ids[0], second)
+}
+
 // TestAgentRejectsBadSettings: every invalid setting is a clear error at
 // start and a non-zero exit.
 func TestAgentRejectsBadSettings(t *testing.T) {
@@ -409,6 +469,7 @@ func TestAgentRejectsBadSettings(t *testing.T) {
 		"missing Secret":  {config: good, args: []string{"--ceph-secret", "no-such-secret"}, mention: "no-such-secret"},
 		"bad interval":    {config: writeTemp(t, fmt.Sprintf("s3: {endpoint: %q, bucket: %q}\nagent: {verifyInterval: soon}\n", env.Get("S3_ENDPOINT"), bucket)), mention: "verifyInterval"},
 		"no workers":      {config: good, args: []string{"--workers", "0"}, mention: "workers"},
+		"empty retention": {config: writeTemp(t, fmt.Sprintf("s3: {endpoint: %q, bucket: %q}\nagent: {retention: {keepLast: 0}}\n", env.Get("S3_ENDPOINT"), bucket)), mention: "keeps nothing"},
 	} {
 		args := append([]string{"run", "--config", c.config, "--metrics-address", freePort(t)}, c.args...)
 		r := w.run(args...)

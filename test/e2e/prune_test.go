@@ -62,6 +62,23 @@ func TestForgetAndPrune(t *testing.T) {
 	if got := prune(t, repo); got.ChunksDeleted != 0 || got.Backups != 2 {
 		t.Fatalf("prune with nothing forgotten: %+v", got)
 	}
+	// A retention policy of one backup per volume would forget the first.
+	r := runLifeboat(t, append([]string{"backups", "forget", "--keep-last", "1", "--dry-run", "-o", "json"}, repo.flags()...)...)
+	if r.code != 0 {
+		t.Fatalf("forget --keep-last 1 --dry-run: exit %d: %s", r.code, r.stderr)
+	}
+	var decisions []struct {
+		ID      string   `json:"id"`
+		Keep    bool     `json:"keep"`
+		Reasons []string `json:"reasons"`
+	}
+	mustJSON(t, r.stdout, &decisions)
+	if len(decisions) != 2 || decisions[0].ID != e2.ID || !decisions[0].Keep || decisions[1].ID != e1.ID || decisions[1].Keep {
+		t.Fatalf("retention decisions: %+v, want %s kept and %s forgotten", decisions, e2.ID, e1.ID)
+	}
+	if n := len(listBackups(t, repo)); n != 2 {
+		t.Fatalf("%d backups after a dry run, want 2", n)
+	}
 	if r := runLifeboat(t, append([]string{"backups", "forget", e1.ID}, repo.flags()...)...); r.code != 0 {
 		t.Fatalf("forget: exit %d: %s", r.code, r.stderr)
 	}
@@ -90,7 +107,7 @@ func TestForgetAndPrune(t *testing.T) {
 	lock, _ := json.Marshal(map[string]any{"kind": "prune", "host": "other-host", "pid": 7,
 		"created": now, "refreshed": now})
 	repo.put("locks/0123456789abcdef0123456789abcdef", lock)
-	r := w.run(append([]string{"export", s2.ContentName, "--full"}, repo.flags()...)...)
+	r = w.run(append([]string{"export", s2.ContentName, "--full"}, repo.flags()...)...)
 	if r.code == 0 || !strings.Contains(r.stderr, "repository is locked") || !strings.Contains(r.stderr, "other-host") {
 		t.Fatalf("export during a prune: exit %d: %s", r.code, r.stderr)
 	}

@@ -40,8 +40,9 @@ type KeyConfig struct {
 
 // keys are the unwrapped master key, ready for use.
 type keys struct {
-	aead  cipher.AEAD // encrypts chunks and manifests
-	idKey []byte      // keys the HMAC that names chunks
+	master []byte      // kept to rewrap it under a new user key
+	aead   cipher.AEAD // encrypts chunks and manifests
+	idKey  []byte      // keys the HMAC that names chunks
 }
 
 func newKeys(master []byte) (*keys, error) {
@@ -49,7 +50,7 @@ func newKeys(master []byte) (*keys, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &keys{aead: aead, idKey: master[32:]}, nil
+	return &keys{master: master, aead: aead, idKey: master[32:]}, nil
 }
 
 func newGCM(key []byte) (cipher.AEAD, error) {
@@ -67,19 +68,28 @@ func wrapAAD(repoID string) []byte { return []byte("lifeboat key for repository 
 // newMasterKey makes a random master key and wraps it with userKey.
 func newMasterKey(userKey []byte, repoID string) (*KeyConfig, *keys, error) {
 	master := make([]byte, masterKeySize)
-	salt := make([]byte, saltSize)
 	rand.Read(master)
+	kc, err := wrap(master, userKey, repoID)
+	if err != nil {
+		return nil, nil, err
+	}
+	k, err := newKeys(master)
+	return kc, k, err
+}
+
+// wrap encrypts master under a key derived from userKey with a fresh salt.
+func wrap(master, userKey []byte, repoID string) (*KeyConfig, error) {
+	salt := make([]byte, saltSize)
 	rand.Read(salt)
 	kc := &KeyConfig{KDF: "scrypt", N: scryptN, R: scryptR, P: scryptP, Salt: salt}
 	kek, err := kc.kek(userKey)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	nonce := make([]byte, nonceSize)
 	rand.Read(nonce)
 	kc.Wrapped = kek.Seal(nonce, nonce, master, wrapAAD(repoID))
-	k, err := newKeys(master)
-	return kc, k, err
+	return kc, nil
 }
 
 // unwrap recovers the master key; a failed GCM authentication means the

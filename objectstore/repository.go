@@ -151,10 +151,44 @@ func Open(ctx context.Context, be Backend, key []byte) (*Repository, error) {
 		return nil, fmt.Errorf("%w (%s): pass the key the repository was created with", ErrKeyRequired, be)
 	case r.cfg.Key != nil:
 		if r.keys, err = r.cfg.Key.unwrap(key, r.cfg.ID); err != nil {
-			return nil, fmt.Errorf("%w for repository at %s: it was created with a different key", err, be)
+			return nil, fmt.Errorf("%w for repository at %s: it opens with another key (the one it was created with, or last changed to)", err, be)
 		}
 	}
 	return r, nil
+}
+
+// ChangeKey makes newKey the repository's key: the master key is wrapped
+// anew under it and the config rewritten, one PUT (atomic: the config
+// holds the old key or the new one, never neither). Chunks, ids and
+// manifests are under the master key and do not change, and processes
+// that opened the repository with the old key go on working; the old key
+// no longer opens it. Two changes at once: the last one wins.
+func (r *Repository) ChangeKey(ctx context.Context, newKey []byte) error {
+	if r.keys == nil {
+		return fmt.Errorf("%w (%s): it has no key to change", ErrNotEncrypted, r.be)
+	}
+	if len(newKey) == 0 {
+		return errors.New("the new encryption key is empty")
+	}
+	kc, err := wrap(r.keys.master, newKey, r.cfg.ID)
+	if err != nil {
+		return err
+	}
+	cfg := r.cfg
+	cfg.Key = kc
+	data, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := r.put(ctx, configName, data); err != nil {
+		return fmt.Errorf("writing repository config to %s (it still opens with the old key): %w", r.be, err)
+	}
+	r.cfg = cfg
+	// Read it back as the next process will: the new key must open it.
+	if _, err := Open(ctx, r.be, newKey); err != nil {
+		return fmt.Errorf("the repository at %s does not open with the new key after the change: %w", r.be, err)
+	}
+	return nil
 }
 
 // check refuses anything this build would misread.

@@ -179,3 +179,38 @@ func TestMemoryCreate(t *testing.T) {
 		t.Fatalf("Create replaced the object: %q", got)
 	}
 }
+
+// ChangeKey: afterwards the new key opens the repository and the old one
+// does not; the backups read as before, and a writer that opened it with
+// the old key goes on working.
+func TestChangeKey(t *testing.T) {
+	ctx := context.Background()
+	be := NewMemory()
+	r := newRepo(t, be, []byte("old"))
+	m := backup(t, r, image(1, "rt", 0), BackupOptions{})
+	before := objects(t, be, "data/")
+	if err := r.ChangeKey(ctx, []byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, be, []byte("old")); !errors.Is(err, ErrWrongKey) {
+		t.Fatalf("open with the old key: %v", err)
+	}
+	r2, err := Open(ctx, be, []byte("new"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.Verify(ctx, m, 0); err != nil {
+		t.Fatalf("the backup under the new key: %v", err)
+	}
+	backup(t, r, image(2, "r", 0), BackupOptions{}) // the old handle still writes
+	if after := objects(t, be, "data/"); len(after) != len(before)+1 {
+		t.Fatalf("%d chunks after the change, want the %d before and one more", len(after), len(before))
+	}
+	if err := r2.ChangeKey(ctx, nil); err == nil {
+		t.Fatal("an empty new key was accepted")
+	}
+	plain := newRepo(t, NewMemory(), nil)
+	if err := plain.ChangeKey(ctx, []byte("k")); !errors.Is(err, ErrNotEncrypted) {
+		t.Fatalf("key change of an unencrypted repository: %v", err)
+	}
+}

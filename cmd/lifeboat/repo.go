@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -152,13 +153,18 @@ func (r *repoFlags) key() ([]byte, error) {
 	if r.keyFile == "" {
 		return nil, nil
 	}
-	k, err := os.ReadFile(r.keyFile)
+	return readKey("--encryption-key-file", r.keyFile)
+}
+
+// readKey reads a key file; a trailing newline is not part of the key.
+func readKey(flag, file string) ([]byte, error) {
+	k, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("--encryption-key-file: %w", err)
+		return nil, fmt.Errorf("%s: %w", flag, err)
 	}
 	k = bytes.TrimRight(k, "\r\n")
 	if len(k) == 0 {
-		return nil, fmt.Errorf("--encryption-key-file %s is empty", r.keyFile)
+		return nil, fmt.Errorf("%s %s is empty", flag, file)
 	}
 	return k, nil
 }
@@ -221,6 +227,47 @@ random master key wrapped by that key: keep the key safe, a lost key is lost bac
 	}
 	addRepoFlags(initCmd, rf)
 	initCmd.Flags().StringVar(&chunk, "chunk-size", "1MiB", "chunk size, a power of two from 64KiB to 64MiB (1MiB: see the README's benchmark)")
-	repo.AddCommand(initCmd, newPruneCmd(g))
+	repo.AddCommand(initCmd, newPruneCmd(g), newKeyChangeCmd())
 	return repo
+}
+
+// newKeyChangeCmd is `repo key-change`.
+func newKeyChangeCmd() *cobra.Command {
+	rf := &repoFlags{}
+	var newFile string
+	cmd := &cobra.Command{
+		Use:   "key-change --encryption-key-file CURRENT --new-encryption-key-file NEW",
+		Short: "Make another key the repository's encryption key (rewraps the master key; no data is rewritten)",
+		Long: `key-change wraps the repository's master key under the new key and rewrites the config, one
+atomic PUT: from then on only the new key opens the repository. Chunks and manifests are under the
+master key and stay as they are, so it takes a second, whatever the repository's size, and
+processes that opened the repository before (a running agent) go on working. Update the key the
+agent reads (the Secret lifeboat-encryption-key) before it next restarts, and keep the new key
+outside the cluster you protect: a lost key is lost backups.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if newFile == "" {
+				return errors.New("--new-encryption-key-file is required")
+			}
+			next, err := readKey("--new-encryption-key-file", newFile)
+			if err != nil {
+				return err
+			}
+			repo, err := rf.open(cmd.Context(), cmd)
+			if err != nil {
+				return err
+			}
+			if cur, _ := rf.key(); bytes.Equal(cur, next) {
+				return errors.New("the new key is the current key")
+			}
+			if err := repo.ChangeKey(cmd.Context(), next); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "repository %s now opens with the key in %s only\n", repo.Config().ID[:12], newFile)
+			return nil
+		},
+	}
+	addRepoFlags(cmd, rf)
+	cmd.Flags().StringVar(&newFile, "new-encryption-key-file", "", "file holding the new key (trailing newline ignored)")
+	return cmd
 }

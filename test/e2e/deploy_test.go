@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -26,6 +27,7 @@ import (
 	snapclient "github.com/kubernetes-csi/external-snapshotter/client/v8/clientset/versioned"
 	appsv1 "k8s.io/api/apps/v1"
 	authnv1 "k8s.io/api/authentication/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	coordv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
@@ -101,8 +103,13 @@ func TestDeploy(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the applied Deployment: %v", err)
 	}
+	cj, err := admin.BatchV1().CronJobs(deployNS).Get(ctx, "lifeboat-prune", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the applied prune CronJob: %v", err)
+	}
 	t.Run("pod template", func(t *testing.T) { depCheckPodTemplate(t, dep) })
-	t.Run("restricted pod security", func(t *testing.T) { depCheckPodSecurity(t, admin, w.id, dep) })
+	t.Run("restricted pod security", func(t *testing.T) { depCheckPodSecurity(t, admin, w.id, dep.Spec.Template) })
+	t.Run("prune cronjob", func(t *testing.T) { depCheckPruneCronJob(t, admin, w.id, dep, cj) })
 	t.Run("service and monitoring", func(t *testing.T) { depCheckMonitoring(t, admin, dep) })
 	t.Run("overlay without the operator", func(t *testing.T) { depCheckNoOperatorOverlay(t, deployDir) })
 
@@ -124,7 +131,7 @@ func TestDeploy(t *testing.T) {
 	})
 	t.Run("kubectl auth can-i agrees", func(t *testing.T) { depCheckCanI(t, w.id) })
 	t.Run("agent runs with the deployed rbac and example config", func(t *testing.T) {
-		depRunAgent(t, w, cfg, dep, deployDir, snap.ContentName, vol.PVC)
+		depRunAgent(t, w, cfg, dep, cj, deployDir, snap.ContentName, vol.PVC)
 	})
 }
 
@@ -433,7 +440,7 @@ func depCheckPodTemplate(t *testing.T, dep *appsv1.Deployment) {
 // template in a namespace enforcing the restricted Pod Security Standard:
 // the API server's PodSecurity admission accepts it. A negative control
 // (the same pod allowed to escalate privileges) proves enforcement is on.
-func depCheckPodSecurity(t *testing.T, admin kubernetes.Interface, ns string, dep *appsv1.Deployment) {
+func depCheckPodSecurity(t *testing.T, admin kubernetes.Interface, ns string, tmpl corev1.PodTemplateSpec) {
 	ctx := context.Background()
 	patch := `{"metadata":{"labels":{"pod-security.kubernetes.io/enforce":"restricted","pod-security.kubernetes.io/enforce-version":"latest"}}}`
 	if _, err := admin.CoreV1().Namespaces().Patch(ctx, ns, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
@@ -448,8 +455,8 @@ func depCheckPodSecurity(t *testing.T, admin kubernetes.Interface, ns string, de
 		_ = admin.CoreV1().ServiceAccounts(ns).Delete(context.Background(), deploySA, metav1.DeleteOptions{})
 	})
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: "lifeboat-psa-", Namespace: ns, Labels: dep.Spec.Template.Labels},
-		Spec:       *dep.Spec.Template.Spec.DeepCopy(),
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "lifeboat-psa-", Namespace: ns, Labels: tmpl.Labels},
+		Spec:       *tmpl.Spec.DeepCopy(),
 	}
 	dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
 	if _, err := admin.CoreV1().Pods(ns).Create(ctx, pod, dry); err != nil {
@@ -462,6 +469,39 @@ func depCheckPodSecurity(t *testing.T, admin kubernetes.Interface, ns string, de
 	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "PodSecurity") {
 		t.Errorf("negative control: a pod allowing privilege escalation got %v, want Forbidden by PodSecurity", err)
 	}
+}
+
+// depCheckPruneCronJob: the prune CronJob never overlaps itself, runs
+// under the restricted Pod Security Standard without a token, reads the
+// same config and Secrets as the agent, and its pods are not the Service's.
+func depCheckPruneCronJob(t *testing.T, admin kubernetes.Interface, ns string, dep *appsv1.Deployment, cj *batchv1.CronJob) {
+	tmpl := cj.Spec.JobTemplate.Spec.Template
+	if cj.Spec.ConcurrencyPolicy != batchv1.ForbidConcurrent || tmpl.Spec.AutomountServiceAccountToken == nil || *tmpl.Spec.AutomountServiceAccountToken {
+		t.Errorf("concurrencyPolicy %q, automountServiceAccountToken %v: want Forbid and false", cj.Spec.ConcurrencyPolicy, tmpl.Spec.AutomountServiceAccountToken)
+	}
+	c, agent := tmpl.Spec.Containers[0], dep.Spec.Template.Spec.Containers[0]
+	if !slices.Equal(c.Args[:2], []string{"repo", "prune"}) || c.Image != agent.Image {
+		t.Errorf("prune container: image %s, args %v", c.Image, c.Args)
+	}
+	volume := func(spec corev1.PodSpec) *corev1.Volume {
+		for i := range spec.Volumes {
+			if spec.Volumes[i].Name == "config" {
+				return &spec.Volumes[i]
+			}
+		}
+		return nil
+	}
+	if !reflect.DeepEqual(volume(tmpl.Spec), volume(dep.Spec.Template.Spec)) || !reflect.DeepEqual(c.Env[:2], agent.Env[1:3]) {
+		t.Errorf("the prune job's config volume or S3 credentials differ from the agent's:\n%+v\n%+v", c.Env, agent.Env)
+	}
+	svc, err := admin.CoreV1().Services(deployNS).Get(context.Background(), "lifeboat", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(tmpl.Labels)) {
+		t.Error("the metrics Service selects the prune job's pods")
+	}
+	depCheckPodSecurity(t, admin, ns, tmpl)
 }
 
 // depCheckMonitoring: the Service selects the pods and names their metrics
@@ -592,7 +632,7 @@ patches:
 		}
 	}
 	sort.Strings(kinds)
-	want := []string{"ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"}
+	want := []string{"ClusterRole", "ClusterRoleBinding", "CronJob", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"}
 	if !slices.Equal(kinds, want) || !strings.Contains(out, "image: ghcr.io/lifeboat-backup/lifeboat:v0.0.0-e2e") {
 		t.Errorf("overlay renders kinds %v, want %v, with the overlay's image tag:\n%s", kinds, want, out)
 	}
@@ -983,7 +1023,7 @@ func (l *depLog) String() string              { l.mu.Lock(); defer l.mu.Unlock()
 // depRunAgent runs `lifeboat run` as the deployed ServiceAccount (its
 // token, exactly the RBAC applied from deploy/) with the example config
 // (only the S3 endpoint, bucket and key file changed), as the pod would.
-func depRunAgent(t *testing.T, w *world, cfg *rest.Config, dep *appsv1.Deployment, deployDir, content, pvc string) {
+func depRunAgent(t *testing.T, w *world, cfg *rest.Config, dep *appsv1.Deployment, cj *batchv1.CronJob, deployDir, content, pvc string) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	kubeconfig := filepath.Join(dir, "kubeconfig")
@@ -1082,6 +1122,18 @@ current-context: lifeboat
 	if l, err := w.sim.Kube.CoordinationV1().Leases(deployNS).Get(ctx, depLease, metav1.GetOptions{}); err != nil ||
 		l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != identity {
 		t.Errorf("lease %s/%s: %v, holder %v, want %s", deployNS, depLease, err, l.Spec.HolderIdentity, identity)
+	}
+
+	// The prune CronJob's command works with the same config, beside the
+	// idle agent.
+	args := slices.Clone(cj.Spec.JobTemplate.Spec.Template.Spec.Containers[0].Args)
+	for i, a := range args {
+		if a == "/etc/lifeboat/config.yaml" {
+			args[i] = config
+		}
+	}
+	if r := runLifeboat(t, args...); r.code != 0 || !strings.Contains(r.stdout, "1 backups: kept") {
+		t.Errorf("the prune CronJob's command %v: exit %d\n%s%s", args, r.code, r.stdout, r.stderr)
 	}
 
 	// The probes' paths, as the Deployment has them, answer 200.

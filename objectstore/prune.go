@@ -84,7 +84,7 @@ func (r *Repository) Prune(ctx context.Context, opt PruneOptions) (PruneStats, e
 
 	chunks, pages, n, err := r.referenced(ctx)
 	if err != nil {
-		return st, err
+		return st, lostOr(lock, err)
 	}
 	st.Backups = n
 	d := r.newDeleter(ctx, lock, opt)
@@ -104,13 +104,19 @@ func (r *Repository) Prune(ctx context.Context, opt PruneOptions) (PruneStats, e
 		err = werr
 	}
 	st.ChunksDeleted, st.PagesDeleted, st.BytesDeleted = d.chunks.Load(), d.pages.Load(), d.bytes.Load()
-	if lerr := lock.valid(); err != nil && lerr != nil {
-		err = lerr // the reason the context was cancelled
-	}
 	if err != nil {
-		return st, fmt.Errorf("pruning %s: %w", r.be, err)
+		return st, fmt.Errorf("pruning %s: %w", r.be, lostOr(lock, err))
 	}
 	return st, nil
+}
+
+// lostOr is err, or why the lock was lost if it was: that loss cancelled
+// the context err may be about.
+func lostOr(h *heldLock, err error) error {
+	if lerr := h.valid(); lerr != nil {
+		return lerr
+	}
+	return err
 }
 
 // referenced reads every backup's extents and returns the chunks and

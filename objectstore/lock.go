@@ -315,3 +315,24 @@ func (h *heldLock) remove() {
 	defer cancel()
 	_ = h.r.delete(ctx, h.lock.Name)
 }
+
+// RemoveStaleLocks deletes the locks that have gone stale and returns
+// them. Live locks are never touched. It is safe at any time: a stale
+// lock counts for nothing, and its holder has stopped relying on it.
+func (r *Repository) RemoveStaleLocks(ctx context.Context) ([]Lock, error) {
+	locks, err := r.Locks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var removed []Lock
+	for _, l := range locks {
+		if !l.Stale(time.Now()) {
+			continue
+		}
+		if err := r.delete(ctx, l.Name); err != nil {
+			return removed, fmt.Errorf("removing stale %s: %w", l, err)
+		}
+		removed = append(removed, l)
+	}
+	return removed, nil
+}

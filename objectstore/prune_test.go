@@ -372,3 +372,21 @@ func uncommitted(t *testing.T, r *Repository) *BackupWriter {
 	}
 	return w
 }
+
+// RemoveStaleLocks removes only the stale locks.
+func TestRemoveStaleLocks(t *testing.T) {
+	ctx := context.Background()
+	be := NewMemory()
+	r := newRepo(t, be, nil)
+	w := uncommitted(t, r) // holds a live lock
+	old := time.Now().Add(-2 * LockStaleAfter)
+	data, _ := json.Marshal(Lock{Kind: LockPrune, Host: "gone", Created: old, Refreshed: old})
+	be.Put(ctx, locksPrefix+"dead", data)
+	removed, err := r.RemoveStaleLocks(ctx)
+	if err != nil || len(removed) != 1 || removed[0].Host != "gone" {
+		t.Fatalf("removed %+v, %v", removed, err)
+	}
+	if _, err := w.Commit(ctx); err != nil {
+		t.Fatalf("the export beside the unlock: %v", err)
+	}
+}

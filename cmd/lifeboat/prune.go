@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -172,4 +173,72 @@ func printPruned(cmd *cobra.Command, st objectstore.PruneStats) {
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%d backups: kept %d chunks and %d pages; %s %d chunks and %d pages (%s)\n",
 		st.Backups, st.ChunksKept, st.PagesKept, verb, st.ChunksDeleted, st.PagesDeleted, bytesIEC(uint64(st.BytesDeleted)))
+}
+
+// lockRow is one line of `repo locks -o json`.
+type lockRow struct {
+	objectstore.Lock
+	Name  string `json:"name"`
+	Stale bool   `json:"stale"`
+}
+
+// newLocksCmd is `repo locks`.
+func newLocksCmd(g *globals) *cobra.Command {
+	rf := &repoFlags{}
+	cmd := &cobra.Command{
+		Use:   "locks",
+		Short: "List the repository's locks: exports running, a prune running, and stale ones",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			repo, err := rf.open(cmd.Context(), cmd)
+			if err != nil {
+				return err
+			}
+			locks, err := repo.Locks(cmd.Context())
+			if err != nil {
+				return err
+			}
+			rows := []lockRow{}
+			for _, l := range locks {
+				rows = append(rows, lockRow{l, strings.TrimPrefix(l.Name, "locks/"), l.Stale(time.Now())})
+			}
+			if ok, err := printStructured(cmd.OutOrStdout(), g.output, rows); ok {
+				return err
+			}
+			w := newTable(cmd.OutOrStdout())
+			row(w, "LOCK", "KIND", "HOST", "PID", "BACKUP", "CREATED", "REFRESHED", "STALE")
+			for _, l := range rows {
+				row(w, l.Name, l.Kind, l.Host, l.PID, l.Backup, l.Created.Format(time.RFC3339), l.Refreshed.Format(time.RFC3339), l.Stale)
+			}
+			return w.Flush()
+		},
+	}
+	addRepoFlags(cmd, rf)
+	return cmd
+}
+
+// newUnlockCmd is `repo unlock`.
+func newUnlockCmd() *cobra.Command {
+	rf := &repoFlags{}
+	cmd := &cobra.Command{
+		Use:   "unlock",
+		Short: "Remove the stale locks of processes that died (live locks are never removed)",
+		Long: `unlock removes the locks not refreshed for 30 minutes: those of processes that died or lost
+their lock. A live lock is never removed: wait for its export or prune to end (repo locks shows
+who holds it). Prune removes stale locks itself; unlock is for a tidy repo locks.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			repo, err := rf.open(cmd.Context(), cmd)
+			if err != nil {
+				return err
+			}
+			removed, err := repo.RemoveStaleLocks(cmd.Context())
+			for _, l := range removed {
+				fmt.Fprintf(cmd.OutOrStdout(), "removed stale %s\n", l)
+			}
+			return err
+		},
+	}
+	addRepoFlags(cmd, rf)
+	return cmd
 }

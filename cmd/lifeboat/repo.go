@@ -227,7 +227,7 @@ random master key wrapped by that key: keep the key safe, a lost key is lost bac
 	}
 	addRepoFlags(initCmd, rf)
 	initCmd.Flags().StringVar(&chunk, "chunk-size", "1MiB", "chunk size, a power of two from 64KiB to 64MiB (1MiB: see the README's benchmark)")
-	repo.AddCommand(initCmd, newPruneCmd(g), newKeyChangeCmd())
+	repo.AddCommand(initCmd, newPruneCmd(g), newLocksCmd(g), newUnlockCmd(), newKeyChangeCmd())
 	return repo
 }
 

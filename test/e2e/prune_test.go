@@ -115,4 +115,23 @@ func TestForgetAndPrune(t *testing.T) {
 		t.Fatalf("%d backups after the refused export, want 1", n)
 	}
 	t.Log("refused export:", strings.TrimSpace(r.stderr))
+
+	// repo locks shows who holds it; unlock removes only stale locks.
+	old := now.Add(-time.Hour)
+	dead, _ := json.Marshal(map[string]any{"kind": "export", "host": "dead-host", "pid": 8, "created": old, "refreshed": old})
+	repo.put("locks/fedcba9876543210fedcba9876543210", dead)
+	var locks []struct {
+		Name, Host string
+		Stale      bool
+	}
+	mustJSON(t, runLifeboat(t, append([]string{"repo", "locks", "-o", "json"}, repo.flags()...)...).stdout, &locks)
+	if len(locks) != 2 || locks[0].Host != "other-host" || locks[0].Stale || locks[1].Host != "dead-host" || !locks[1].Stale {
+		t.Fatalf("repo locks: %+v", locks)
+	}
+	if r := runLifeboat(t, append([]string{"repo", "unlock"}, repo.flags()...)...); r.code != 0 || !strings.Contains(r.stdout, "dead-host") {
+		t.Fatalf("repo unlock: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+	if got := repo.objects("locks/"); len(got) != 1 || got["locks/0123456789abcdef0123456789abcdef"] == 0 {
+		t.Fatalf("locks after unlock: %v, want only the live one", got)
+	}
 }

@@ -121,9 +121,14 @@ func (r *Repository) LoadBackup(ctx context.Context, id string) (*Manifest, erro
 	return m, m.checkDigest()
 }
 
+// HasBackup reports whether backup id's manifest is in the repository.
+func (r *Repository) HasBackup(ctx context.Context, id string) (bool, error) {
+	return r.exists(ctx, manifestName(id))
+}
+
 // stillThere fails with ErrBackupNotFound if backup id's manifest is gone.
 func (r *Repository) stillThere(ctx context.Context, id string) error {
-	ok, err := r.exists(ctx, manifestName(id))
+	ok, err := r.HasBackup(ctx, id)
 	switch {
 	case err != nil:
 		return fmt.Errorf("checking backup %s: %w", id, err)

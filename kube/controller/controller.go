@@ -91,6 +91,10 @@ type Controller struct {
 
 	mu       sync.Mutex
 	exported map[string]string // snapshot handle → backup id, from the repository
+	// volumes holds each volume's backups, for retention (nil without):
+	// read from the repository once, then kept up to date, so that an
+	// export does not read every manifest again.
+	volumes map[string][]objectstore.Summary
 }
 
 // New builds a controller; Run starts it.
@@ -99,6 +103,9 @@ func New(cfg Config, k *kube.Clients, b *bridge.Bridge, repo *objectstore.Reposi
 		cfg.Workers = 1
 	}
 	c := &Controller{cfg: cfg, kube: k, bridge: b, repo: repo, metrics: m, exported: map[string]string{}}
+	if cfg.Retention != nil {
+		c.volumes = map[string][]objectstore.Summary{}
+	}
 	c.factory = snapinformers.NewSharedInformerFactory(k.Snap, 10*time.Minute)
 	vsc := c.factory.Snapshot().V1().VolumeSnapshotContents()
 	vs := c.factory.Snapshot().V1().VolumeSnapshots()
@@ -171,6 +178,10 @@ func (c *Controller) loadExported(ctx context.Context) error {
 	for _, s := range all {
 		if h := s.Source[backup.KeyHandle]; h != "" {
 			c.exported[h] = s.ID
+		}
+		if c.volumes != nil {
+			v := backup.Volume(s)
+			c.volumes[v] = append(c.volumes[v], s)
 		}
 	}
 	slog.Info("repository loaded", "backups", len(all), "exportedSnapshots", len(c.exported))
@@ -288,6 +299,10 @@ func (c *Controller) export(ctx context.Context, s kube.Snapshot) error {
 	m := res.Manifest
 	c.mu.Lock()
 	c.exported[h] = m.ID
+	if c.volumes != nil {
+		v := backup.Volume(m.Summary)
+		c.volumes[v] = append(c.volumes[v], m.Summary)
+	}
 	c.mu.Unlock()
 	c.objectstoreUp(nil)
 	c.metrics.Exports.WithLabelValues("success").Inc()
@@ -328,17 +343,11 @@ func (c *Controller) forgotten(vsc *snapv1.VolumeSnapshotContent) bool {
 // retire applies the retention policy to volume vol's backups. A failure
 // is logged and counted, never fatal: the next export tries again.
 func (c *Controller) retire(ctx context.Context, vol string) {
-	all, err := c.repo.Backups(ctx)
+	mine, err := c.backupsOf(ctx, vol)
 	if err != nil {
 		c.metrics.Retention.WithLabelValues("failure").Inc()
-		slog.Error("retention: listing backups", "volume", vol, "err", err)
+		slog.Error("retention: checking the volume's backups", "volume", vol, "err", err)
 		return
-	}
-	var mine []objectstore.Summary
-	for _, s := range all {
-		if backup.Volume(s) == vol {
-			mine = append(mine, s)
-		}
 	}
 	for _, d := range c.cfg.Retention.Apply(mine, backup.Volume) {
 		if d.Keep {
@@ -351,6 +360,7 @@ func (c *Controller) retire(ctx context.Context, vol string) {
 		}
 		c.mu.Lock()
 		delete(c.exported, d.Source[backup.KeyHandle])
+		c.volumes[vol] = slices.DeleteFunc(c.volumes[vol], func(s objectstore.Summary) bool { return s.ID == d.ID })
 		c.mu.Unlock()
 		c.metrics.Retention.WithLabelValues("forgotten").Inc()
 		slog.Info("retention: forgot backup", "backup", d.ID, "volume", vol, "created", d.Created)
@@ -358,6 +368,34 @@ func (c *Controller) retire(ctx context.Context, vol string) {
 			c.queue.Add(name) // its snapshot, if still there, becomes Forgotten
 		}
 	}
+}
+
+// backupsOf returns the volume's known backups that are still in the
+// repository. One forgotten meanwhile by someone else must not count: the
+// policy could keep it instead of one it then forgets. A backup made
+// meanwhile by someone else is not known until the agent restarts, which
+// errs the safe way: it keeps more.
+func (c *Controller) backupsOf(ctx context.Context, vol string) ([]objectstore.Summary, error) {
+	c.mu.Lock()
+	known := slices.Clone(c.volumes[vol])
+	c.mu.Unlock()
+	var live []objectstore.Summary
+	gone := map[string]bool{}
+	for _, s := range known {
+		ok, err := c.repo.HasBackup(ctx, s.ID)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			live = append(live, s)
+		} else {
+			gone[s.ID] = true
+		}
+	}
+	c.mu.Lock()
+	c.volumes[vol] = slices.DeleteFunc(c.volumes[vol], func(s objectstore.Summary) bool { return gone[s.ID] })
+	c.mu.Unlock()
+	return live, nil
 }
 
 func pathText(res *backup.Result) string {

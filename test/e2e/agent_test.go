@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -448,6 +449,39 @@ func TestAgentRetention(t *testing.T) {
 		t.Errorf("after a restart: backups %v of the forgotten snapshot, phase %q", ids, w.annotations(first.ContentName)["lifeboat.io/phase"])
 	}
 	restoreAndCompare(t, w, bucket, ids[0], second)
+}
+
+// TestAgentRetentionSeesForgets: a backup forgotten by hand while the
+// agent runs does not count for its retention policy (keep the last two),
+// so the policy does not forget one it should now keep.
+func TestAgentRetentionSeesForgets(t *testing.T) {
+	w, kc, bucket := agentWorld(t)
+	vol := w.volume("web", 16*MiB)
+	initRepo(t, bucket)
+	a := startAgent(t, w, kc, agentConfig(t, bucket, "  retention: {keepLast: 2}\n"), "replica-a")
+	backupOf := func(s *sim.Snapshot) string {
+		waitFor(t, "an export of "+s.ContentName, 90*time.Second, func() bool {
+			return w.annotations(s.ContentName)["lifeboat.io/phase"] == "Exported"
+		}, a)
+		return w.annotations(s.ContentName)["lifeboat.io/backup-id"]
+	}
+	first := backupOf(w.snapshot(vol, "one"))
+	second := backupOf(w.snapshot(vol, "two"))
+	s3 := []string{"--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket}
+	if r := runLifeboat(t, append([]string{"backups", "forget", second}, s3...)...); r.code != 0 {
+		t.Fatalf("forget %s: %s", second, r.stderr)
+	}
+	third := backupOf(w.snapshot(vol, "three"))
+	r := runLifeboat(t, append([]string{"backups", "list", "-o", "json"}, s3...)...)
+	var list []struct{ ID string }
+	mustJSON(t, r.stdout, &list)
+	var ids []string
+	for _, b := range list {
+		ids = append(ids, b.ID)
+	}
+	if want := []string{first, third}; !slices.Equal(ids, want) {
+		t.Fatalf("backups after the third export: %v, want %v (the last two that exist)", ids, want)
+	}
 }
 
 // TestAgentRejectsBadSettings: every invalid setting is a clear error at

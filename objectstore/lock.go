@@ -115,9 +115,10 @@ type heldLock struct {
 	done   chan struct{}
 	once   sync.Once
 
-	mu    sync.Mutex
-	fresh time.Time // when the last successful write of the lock started
-	lost  error     // why the lock can no longer be relied on; final
+	mu       sync.Mutex
+	fresh    time.Time // when the last successful write of the lock started
+	lost     error     // why the lock can no longer be relied on; final
+	notified bool      // onLost was called
 }
 
 // acquire writes a lock of kind and fails with ErrLocked if another live
@@ -230,15 +231,18 @@ func (h *heldLock) removed() error {
 		ErrLockLost, h.lock.Name)
 }
 
-// fail marks the lock lost and tells the holder, once.
+// fail marks the lock lost (if it was not already, by age in valid) and
+// tells the holder, once.
 func (h *heldLock) fail(err error) {
 	h.mu.Lock()
-	first := h.lost == nil
-	if first {
+	if h.lost == nil {
 		h.lost = err
 	}
+	notify := !h.notified
+	h.notified = true
+	err = h.lost
 	h.mu.Unlock()
-	if first && h.onLost != nil {
+	if notify && h.onLost != nil {
 		h.onLost(err)
 	}
 }
@@ -268,9 +272,9 @@ func (h *heldLock) bound(ctx context.Context) (context.Context, context.CancelFu
 		return nil, nil, err
 	}
 	h.mu.Lock()
-	until := h.fresh.Add(LockStaleAfter - lockMargin)
+	left := LockStaleAfter - lockMargin - since(h.fresh) // by both clocks, as valid judges
 	h.mu.Unlock()
-	ctx, cancel := context.WithDeadline(ctx, until)
+	ctx, cancel := context.WithTimeout(ctx, left)
 	return ctx, cancel, nil
 }
 

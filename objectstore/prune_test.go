@@ -390,3 +390,22 @@ func TestRemoveStaleLocks(t *testing.T) {
 		t.Fatalf("the export beside the unlock: %v", err)
 	}
 }
+
+// A lock that runs out of time fails its export at once, not only at
+// Commit: a large export stops instead of uploading for nothing.
+func TestExpiredLockStopsExport(t *testing.T) {
+	shortLocks(t)
+	ctx := context.Background()
+	be := &lockStall{Backend: NewMemory(), kind: LockExport}
+	r := newRepo(t, be, nil)
+	w, err := r.NewBackup(ctx, BackupOptions{Size: 2 * testChunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Abort()
+	be.stalled.Store(true)
+	time.Sleep(LockStaleAfter)
+	if err := w.Write(ctx, 0, image(1, "r", 0)); !errors.Is(err, ErrLockLost) {
+		t.Fatalf("a write after the lock ran out: %v", err)
+	}
+}

@@ -1,6 +1,7 @@
 package objectstore
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -174,21 +175,40 @@ func (r *Repository) ChangeKey(ctx context.Context, newKey []byte) error {
 	if err != nil {
 		return err
 	}
-	cfg := r.cfg
+	old, cfg := r.cfg.Key, r.cfg
 	cfg.Key = kc
 	data, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return err
 	}
 	if err := r.put(ctx, configName, data); err != nil {
-		return fmt.Errorf("writing repository config to %s (it still opens with the old key): %w", r.be, err)
+		return fmt.Errorf("writing repository config to %s: %w; %s", r.be, err, r.whichKey(ctx, old, kc))
 	}
 	r.cfg = cfg
 	// Read it back as the next process will: the new key must open it.
 	if _, err := Open(ctx, r.be, newKey); err != nil {
-		return fmt.Errorf("the repository at %s does not open with the new key after the change: %w", r.be, err)
+		return fmt.Errorf("reading the repository at %s back with the new key: %w; %s", r.be, err, r.whichKey(ctx, old, kc))
 	}
 	return nil
+}
+
+// whichKey says, after a key change that failed, which key the config
+// now holds: a request that timed out may still have landed.
+func (r *Repository) whichKey(ctx context.Context, old, next *KeyConfig) string {
+	data, err := r.get(ctx, configName)
+	var cfg Config
+	if err == nil {
+		err = json.Unmarshal(data, &cfg)
+	}
+	switch {
+	case err != nil:
+		return "cannot tell which key opens it now (" + err.Error() + "): keep both keys"
+	case cfg.Key != nil && bytes.Equal(cfg.Key.Wrapped, next.Wrapped):
+		return "it opens with the new key now: keep that one"
+	case cfg.Key != nil && bytes.Equal(cfg.Key.Wrapped, old.Wrapped):
+		return "it still opens with the old key"
+	}
+	return "its config holds neither key (another key change at the same time?): keep both keys and try each"
 }
 
 // check refuses anything this build would misread.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -212,5 +213,47 @@ func TestChangeKey(t *testing.T) {
 	plain := newRepo(t, NewMemory(), nil)
 	if err := plain.ChangeKey(ctx, []byte("k")); !errors.Is(err, ErrNotEncrypted) {
 		t.Fatalf("key change of an unencrypted repository: %v", err)
+	}
+}
+
+// configPut fails the PUTs of the config, after storing it if landed:
+// a request that timed out on its way back.
+type configPut struct {
+	Backend
+	landed bool
+}
+
+func (b *configPut) Put(ctx context.Context, name string, data []byte) error {
+	if name != configName {
+		return b.Backend.Put(ctx, name, data)
+	}
+	if b.landed {
+		_ = b.Backend.Put(ctx, name, data)
+	}
+	return fmt.Errorf("%w: timed out", ErrCorrupt) // not retried
+}
+
+// A key change whose PUT failed says which key opens the repository.
+func TestChangeKeyFailureSaysWhichKey(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		landed bool
+		says   string
+		opens  string
+	}{{false, "still opens with the old key", "old"}, {true, "opens with the new key now", "new"}} {
+		mem := NewMemory()
+		newRepo(t, mem, []byte("old"))
+		be := &configPut{Backend: mem, landed: c.landed}
+		r, err := Open(ctx, be, []byte("old"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = r.ChangeKey(ctx, []byte("new"))
+		if err == nil || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("landed=%v: %v, want it to say %q", c.landed, err, c.says)
+		}
+		if _, err := Open(ctx, be, []byte(c.opens)); err != nil {
+			t.Errorf("landed=%v: the %s key: %v", c.landed, c.opens, err)
+		}
 	}
 }

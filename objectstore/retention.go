@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -36,23 +37,26 @@ func (p Policy) Validate() error {
 // Decision is what a policy does with one backup, and why.
 type Decision struct {
 	Summary
-	Group   string   `json:"group"`
-	Keep    bool     `json:"keep"`
-	Reasons []string `json:"reasons,omitempty"` // the rules that keep it
+	Group   string    `json:"group"`
+	Taken   time.Time `json:"taken"` // what the policy ranks by
+	Keep    bool      `json:"keep"`
+	Reasons []string  `json:"reasons,omitempty"` // the rules that keep it
 }
 
 // Apply decides, for every backup, whether p keeps it. Backups are
 // grouped by group (the volume they are of), and each group is judged on
-// its own. The result is ordered by group, newest first within one.
-func (p Policy) Apply(backups []Summary, group func(Summary) string) []Decision {
-	groups := map[string][]Summary{}
+// its own, ranked by taken (when the data was captured: exports may run
+// late or out of order, so not their Created time). The result is
+// ordered by group, newest first within one.
+func (p Policy) Apply(backups []Summary, group func(Summary) string, taken func(Summary) time.Time) []Decision {
+	groups := map[string][]Decision{}
 	for _, s := range backups {
 		g := group(s)
-		groups[g] = append(groups[g], s)
+		groups[g] = append(groups[g], Decision{Summary: s, Group: g, Taken: taken(s)})
 	}
 	var out []Decision
 	for _, g := range slices.Sorted(maps.Keys(groups)) {
-		out = append(out, p.applyOne(g, groups[g])...)
+		out = append(out, p.applyOne(groups[g])...)
 	}
 	return out
 }
@@ -61,21 +65,27 @@ func (p Policy) Apply(backups []Summary, group func(Summary) string) []Decision 
 type rule struct {
 	name   string
 	n      int
-	period func(Summary) string
+	period func(Decision) string
 }
 
-// utc formats a backup's creation time in UTC: its period.
-func utc(layout string) func(Summary) string {
-	return func(s Summary) string { return s.Created.UTC().Format(layout) }
+// utc formats when a backup's data was taken, in UTC: its period.
+func utc(layout string) func(Decision) string {
+	return func(d Decision) string { return d.Taken.UTC().Format(layout) }
 }
 
-func (p Policy) applyOne(group string, list []Summary) []Decision {
-	slices.SortFunc(list, func(a, b Summary) int { return b.Created.Compare(a.Created) })
+func (p Policy) applyOne(list []Decision) []Decision {
+	// Newest first; ties (one instant) broken by id, as backups are listed.
+	slices.SortFunc(list, func(a, b Decision) int {
+		if c := b.Taken.Compare(a.Taken); c != 0 {
+			return c
+		}
+		return strings.Compare(b.ID, a.ID)
+	})
 	rules := []rule{
-		{"last", p.Last, func(s Summary) string { return s.ID }},
+		{"last", p.Last, func(d Decision) string { return d.ID }},
 		{"hourly", p.Hourly, utc("2006-01-02T15")},
 		{"daily", p.Daily, utc("2006-01-02")},
-		{"weekly", p.Weekly, func(s Summary) string { y, w := s.Created.UTC().ISOWeek(); return fmt.Sprintf("%d-W%02d", y, w) }},
+		{"weekly", p.Weekly, func(d Decision) string { y, w := d.Taken.UTC().ISOWeek(); return fmt.Sprintf("%d-W%02d", y, w) }},
 		{"monthly", p.Monthly, utc("2006-01")},
 		{"yearly", p.Yearly, utc("2006")},
 	}
@@ -83,21 +93,20 @@ func (p Policy) applyOne(group string, list []Summary) []Decision {
 	for i := range seen {
 		seen[i] = map[string]bool{}
 	}
-	out := make([]Decision, len(list))
-	for i, s := range list {
-		d := Decision{Summary: s, Group: group}
+	for i := range list {
+		d := &list[i]
 		for k, r := range rules {
-			key := r.period(s)
+			key := r.period(*d)
 			if len(seen[k]) < r.n && !seen[k][key] {
 				seen[k][key] = true
 				d.Reasons = append(d.Reasons, r.name)
 			}
 		}
-		if p.Within > 0 && list[0].Created.Sub(s.Created) <= p.Within {
+		// restic's keep-within: strictly less than the duration before the newest.
+		if p.Within > 0 && list[0].Taken.Sub(d.Taken) < p.Within {
 			d.Reasons = append(d.Reasons, "within")
 		}
 		d.Keep = len(d.Reasons) > 0
-		out[i] = d
 	}
-	return out
+	return list
 }

@@ -23,7 +23,8 @@ func at(vol string, times ...string) []Summary {
 // kept lists the ids p keeps, with their reasons, newest first per group.
 func kept(p Policy, list []Summary) []string {
 	var out []string
-	for _, d := range p.Apply(list, func(s Summary) string { return s.Source["vol"] }) {
+	vol := func(s Summary) string { return s.Source["vol"] }
+	for _, d := range p.Apply(list, vol, func(s Summary) time.Time { return s.Created }) {
 		if d.Keep {
 			out = append(out, d.ID+" "+strings.Join(d.Reasons, ","))
 		}
@@ -83,5 +84,43 @@ func TestRetentionPolicyValidate(t *testing.T) {
 		if err := p.Validate(); err == nil {
 			t.Errorf("policy %+v accepted", p)
 		}
+	}
+}
+
+// Backups are ranked by when their data was taken, not by when they were
+// exported: the snapshot of Tuesday, exported last, is not the newest.
+// Periods are UTC whatever the zone of the times, and equal times are
+// ranked by id.
+func TestRetentionRanksByTaken(t *testing.T) {
+	east := time.FixedZone("UTC+5", 5*3600)
+	taken := map[string]time.Time{
+		"mon":  time.Date(2026, 12, 7, 2, 0, 0, 0, east),  // Sunday 21:00 UTC
+		"tue":  time.Date(2026, 12, 8, 2, 0, 0, 0, east),  // Monday 21:00 UTC
+		"wed":  time.Date(2026, 12, 9, 23, 0, 0, 0, east), // Wednesday 18:00 UTC
+		"wed2": time.Date(2026, 12, 9, 23, 0, 0, 0, east),
+	}
+	exported := time.Date(2026, 12, 10, 0, 0, 0, 0, time.UTC)
+	var list []Summary
+	for i, id := range []string{"wed", "wed2", "mon", "tue"} { // export order
+		list = append(list, Summary{ID: id, Created: exported.Add(time.Duration(i) * time.Minute)})
+	}
+	by := func(s Summary) time.Time { return taken[s.ID] }
+	keep := func(p Policy) []string {
+		var out []string
+		for _, d := range p.Apply(list, func(Summary) string { return "v" }, by) {
+			if d.Keep {
+				out = append(out, d.ID)
+			}
+		}
+		return out
+	}
+	if got := keep(Policy{Last: 2}); !slices.Equal(got, []string{"wed2", "wed"}) {
+		t.Errorf("last 2: %v, want the two of Wednesday, wed2 first", got)
+	}
+	if got := keep(Policy{Weekly: 2}); !slices.Equal(got, []string{"wed2", "mon"}) {
+		t.Errorf("weekly 2: %v, want wed2 (week 50) and mon (Sunday of week 49 in UTC)", got)
+	}
+	if got := keep(Policy{Daily: 3}); !slices.Equal(got, []string{"wed2", "tue", "mon"}) {
+		t.Errorf("daily 3: %v", got)
 	}
 }

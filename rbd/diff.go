@@ -3,6 +3,7 @@ package rbd
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	librbd "github.com/ceph/go-ceph/rbd"
 )
@@ -125,6 +126,20 @@ func (r *SnapshotReader) Origin() (*Origin, error) {
 // SnapID is the id of the snapshot the reader reads: a snapshot removed
 // and created again under the same name has a new id.
 func (r *SnapshotReader) SnapID() (uint64, error) { return r.SnapIDOf(r.snap) }
+
+// Taken is when the snapshot the reader reads was created, by Ceph's
+// clock: for a ceph-csi snapshot, when the VolumeSnapshot was cut.
+func (r *SnapshotReader) Taken() (time.Time, error) {
+	id, err := r.SnapID()
+	if err != nil {
+		return time.Time{}, err
+	}
+	t, err := r.img.GetSnapTimestamp(id)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("timestamp of %s: %w", r.Spec, err)
+	}
+	return time.Unix(t.Sec, t.Nsec).UTC(), nil
+}
 
 // ImageID is the id of the image the reader reads.
 func (r *SnapshotReader) ImageID() (string, error) {

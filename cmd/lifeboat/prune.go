@@ -30,8 +30,8 @@ be read (damaged) is deleted only with --force; prune refuses to run while one i
 With --keep-* rules instead of ids, forget applies a retention policy to each volume's backups on
 its own (a volume: one PVC's source image, or one --image, in one Ceph cluster) and forgets what no
 rule keeps: the newest N (--keep-last), the newest of each of the N most recent hours, days, ISO
-weeks, months and years that have a backup (UTC), and all made within a duration of the volume's
-newest. Every rule keeps a volume's newest backup, so no volume loses its last one. --pvc and
+weeks, months and years that have a backup (UTC), and all taken within a duration of the volume's
+newest. Backups rank by when Ceph took their snapshot. Every rule keeps a volume's newest backup, so no volume loses its last one. --pvc and
 --velero-backup narrow the backups considered; --dry-run shows the decisions and forgets nothing.`,
 		RunE: func(cmd *cobra.Command, ids []string) error {
 			policy := p != (objectstore.Policy{})
@@ -98,7 +98,7 @@ func applyPolicy(cmd *cobra.Command, g *globals, repo *objectstore.Repository, p
 	if err != nil {
 		return nil, err
 	}
-	decisions := p.Apply(selectBackups(all, pvc, velero), backup.Volume)
+	decisions := p.Apply(selectBackups(all, pvc, velero), backup.Volume, backup.Taken)
 	var forget []string
 	for _, d := range decisions {
 		if !d.Keep {
@@ -109,7 +109,7 @@ func applyPolicy(cmd *cobra.Command, g *globals, repo *objectstore.Repository, p
 		return forget, err
 	}
 	w := newTable(cmd.OutOrStdout())
-	row(w, "ID", "CREATED", "VOLUME", "PVC", "DECISION", "KEPT BY")
+	row(w, "ID", "TAKEN", "VOLUME", "PVC", "DECISION", "KEPT BY")
 	for _, d := range decisions {
 		decision := "keep"
 		switch {
@@ -118,7 +118,7 @@ func applyPolicy(cmd *cobra.Command, g *globals, repo *objectstore.Repository, p
 		case !d.Keep:
 			decision = "forget"
 		}
-		row(w, d.ID, d.Created.Format("2006-01-02 15:04:05"), d.Source[backup.KeyLineage], d.Source[backup.KeyPVC],
+		row(w, d.ID, d.Taken.UTC().Format("2006-01-02 15:04:05"), d.Source[backup.KeyLineage], d.Source[backup.KeyPVC],
 			decision, strings.Join(d.Reasons, ","))
 	}
 	return forget, w.Flush()

@@ -33,6 +33,9 @@ const (
 	KeyPVC            = "pvc"
 	KeyVeleroBackup   = "veleroBackup"
 	KeyHandle         = "snapshotHandle"
+	// KeyTaken is when Ceph made the snapshot (RFC 3339): retention ranks
+	// backups by it, since exports can run late and out of order.
+	KeyTaken = "snapshotTaken"
 	// The snapshot's and its parent's ids, which the next export diffs from.
 	KeySnapID          = "snapID"
 	KeyParentPoolID    = "parentPoolID"
@@ -176,6 +179,9 @@ func describe(cl *rbd.Cluster, r *rbd.SnapshotReader) (*Snapshot, error) {
 	if s.SnapID, err = r.SnapID(); err != nil {
 		return nil, err
 	}
+	if s.Taken, err = r.Taken(); err != nil {
+		return nil, err
+	}
 	if s.Origin, err = r.Origin(); err != nil || s.Origin == nil {
 		return s, err
 	}
@@ -305,6 +311,15 @@ func Volume(s objectstore.Summary) string {
 	return s.Source[KeyFSID] + "/" + s.Source[KeyLineage]
 }
 
+// Taken is when the snapshot backup s holds was made: recorded by the
+// export, or, for backups made before it was, when the export began.
+func Taken(s objectstore.Summary) time.Time {
+	if t, err := time.Parse(time.RFC3339Nano, s.Source[KeyTaken]); err == nil {
+		return t
+	}
+	return s.Created
+}
+
 // previous finds the latest backup of the same lineage in the same Ceph
 // cluster, the parent of an incremental.
 func previous(ctx context.Context, repo *objectstore.Repository, src Source, opts Options) (*objectstore.Manifest, error) {
@@ -321,6 +336,7 @@ func sourceMap(src Source, info *rbd.ImageInfo, snap *Snapshot) map[string]strin
 		KeyFSID: src.Cluster.FSID, KeyClusterID: src.Ref.ClusterID, KeyPool: src.Ref.Pool,
 		KeyNamespace: src.Ref.Namespace, KeyImage: src.Ref.Image, KeySnapshot: src.Ref.Snapshot,
 		KeyImageID: snap.ImageID, KeySnapID: strconv.FormatUint(snap.SnapID, 10), KeyLineage: src.Lineage,
+		KeyTaken: snap.Taken.Format(time.RFC3339Nano),
 	}
 	if info.Parent != nil {
 		m[KeyParent] = info.Parent.Spec()

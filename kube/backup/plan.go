@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/lifeboat-backup/lifeboat/objectstore"
 	"github.com/lifeboat-backup/lifeboat/rbd"
@@ -73,6 +74,7 @@ type Snapshot struct {
 	Cluster *rbd.Cluster
 	ImageID string
 	SnapID  uint64
+	Taken   time.Time   // when Ceph made the snapshot
 	Origin  *rbd.Origin // nil: not a clone, or flattened
 	// OwnBytes is how much data the clone holds itself (written after it
 	// was cloned); 0 for a ceph-csi snapshot.

@@ -240,8 +240,9 @@ func (c *Controller) reconcile(ctx context.Context, name string) error {
 		return nil
 	}
 	if id := c.exportedID(s.Handle()); id != "" {
-		if vsc.Annotations[AnnPhase] != PhaseExported || vsc.Annotations[AnnBackupID] != id {
-			return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseExported), AnnBackupID: &id, AnnError: nil})
+		repoID := c.repo.Config().ID
+		if vsc.Annotations[AnnPhase] != PhaseExported || vsc.Annotations[AnnBackupID] != id || vsc.Annotations[AnnRepository] != repoID {
+			return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseExported), AnnBackupID: &id, AnnRepository: &repoID, AnnError: nil})
 		}
 		return nil
 	}
@@ -349,24 +350,50 @@ func (c *Controller) retire(ctx context.Context, vol string) {
 		slog.Error("retention: checking the volume's backups", "volume", vol, "err", err)
 		return
 	}
-	for _, d := range c.cfg.Retention.Apply(mine, backup.Volume) {
+	for _, d := range c.cfg.Retention.Apply(mine, backup.Volume, backup.Taken) {
 		if d.Keep {
 			continue
 		}
-		if err := c.repo.Forget(ctx, d.ID, false); err != nil && !errors.Is(err, objectstore.ErrBackupNotFound) {
+		err := c.repo.Forget(ctx, d.ID, false)
+		if err != nil && !errors.Is(err, objectstore.ErrBackupNotFound) {
 			c.metrics.Retention.WithLabelValues("failure").Inc()
 			slog.Error("retention: forgetting a backup", "backup", d.ID, "volume", vol, "err", err)
 			continue
 		}
 		c.mu.Lock()
-		delete(c.exported, d.Source[backup.KeyHandle])
+		if h := d.Source[backup.KeyHandle]; c.exported[h] == d.ID { // another backup of it may remain
+			delete(c.exported, h)
+		}
 		c.volumes[vol] = slices.DeleteFunc(c.volumes[vol], func(s objectstore.Summary) bool { return s.ID == d.ID })
 		c.mu.Unlock()
-		c.metrics.Retention.WithLabelValues("forgotten").Inc()
-		slog.Info("retention: forgot backup", "backup", d.ID, "volume", vol, "created", d.Created)
-		if name := d.Source[backup.KeyContent]; name != "" {
-			c.queue.Add(name) // its snapshot, if still there, becomes Forgotten
+		if err == nil {
+			c.metrics.Retention.WithLabelValues("forgotten").Inc()
+			slog.Info("retention: forgot backup", "backup", d.ID, "volume", vol, "taken", d.Taken)
 		}
+		c.markForgotten(ctx, d.Summary)
+	}
+}
+
+// markForgotten sets phase Forgotten on the snapshot of a backup that was
+// forgotten, if it still exists and names that backup, and its snapshot
+// has no other backup: it must not be exported again.
+func (c *Controller) markForgotten(ctx context.Context, b objectstore.Summary) {
+	name := b.Source[backup.KeyContent]
+	if name == "" || c.exportedID(b.Source[backup.KeyHandle]) != "" {
+		return
+	}
+	vsc, err := c.contents.Get(name)
+	if err != nil || vsc.Annotations[AnnBackupID] != b.ID || vsc.Annotations[AnnPhase] == PhaseForgotten {
+		return
+	}
+	s := kube.Snapshot{Content: vsc}
+	if ref := vsc.Spec.VolumeSnapshotRef; ref.Name != "" {
+		s.Snapshot, _ = c.snapshots.VolumeSnapshots(ref.Namespace).Get(ref.Name)
+	}
+	repoID := c.repo.Config().ID
+	c.event(s, corev1.EventTypeNormal, "Forgotten", "backup %s was forgotten by the retention policy; not exporting it again (removing the %s annotation would)", b.ID, AnnPhase)
+	if err := c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseForgotten), AnnRepository: &repoID, AnnError: nil}); err != nil {
+		slog.Error("retention: marking the snapshot Forgotten", "volumeSnapshotContent", name, "err", err)
 	}
 }
 

@@ -420,6 +420,17 @@ func TestAgentRetention(t *testing.T) {
 	if len(ids) != 1 || w.annotations(second.ContentName)["lifeboat.io/backup-id"] != ids[0] {
 		t.Fatalf("backups of the second snapshot: %v, annotations %v", ids, w.annotations(second.ContentName))
 	}
+	// Retention ranks by when Ceph took the snapshot, which the manifest records.
+	r := runLifeboat(t, "backups", "show", ids[0], "-o", "json", "--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket)
+	var shown struct {
+		Created time.Time
+		Source  map[string]string
+	}
+	mustJSON(t, r.stdout, &shown)
+	if taken, err := time.Parse(time.RFC3339Nano, shown.Source["snapshotTaken"]); err != nil || taken.After(shown.Created) ||
+		shown.Created.Sub(taken) > time.Minute {
+		t.Errorf("snapshotTaken %q (%v), backup created %s", shown.Source["snapshotTaken"], err, shown.Created)
+	}
 	mf, err := a.scrape()
 	if err != nil {
 		t.Fatal(err)

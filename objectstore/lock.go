@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -320,6 +321,12 @@ func (h *heldLock) remove() {
 	_ = h.r.delete(ctx, h.lock.Name)
 }
 
+// staleLocks returns those of locks that are stale now.
+func staleLocks(locks []Lock) []Lock {
+	now := time.Now()
+	return slices.DeleteFunc(slices.Clone(locks), func(l Lock) bool { return !l.Stale(now) })
+}
+
 // RemoveStaleLocks deletes the locks that have gone stale and returns
 // them. Live locks are never touched. It is safe at any time: a stale
 // lock counts for nothing, and its holder has stopped relying on it.
@@ -329,10 +336,7 @@ func (r *Repository) RemoveStaleLocks(ctx context.Context) ([]Lock, error) {
 		return nil, err
 	}
 	var removed []Lock
-	for _, l := range locks {
-		if !l.Stale(time.Now()) {
-			continue
-		}
+	for _, l := range staleLocks(locks) {
 		if err := r.delete(ctx, l.Name); err != nil {
 			return removed, fmt.Errorf("removing stale %s: %w", l, err)
 		}

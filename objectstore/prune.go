@@ -7,7 +7,6 @@ import (
 	"path"
 	"sync"
 	"sync/atomic"
-	"time"
 )
 
 // Forget deletes backup id's manifest: the backup is gone at once, as one
@@ -69,11 +68,7 @@ func (r *Repository) Prune(ctx context.Context, opt PruneOptions) (PruneStats, e
 		if err != nil {
 			return st, err
 		}
-		for _, l := range locks {
-			if l.Stale(time.Now()) {
-				st.StaleLocks = append(st.StaleLocks, l)
-			}
-		}
+		st.StaleLocks = staleLocks(locks)
 	} else {
 		var err error
 		if lock, st.StaleLocks, err = r.acquire(ctx, LockPrune, "", cancel); err != nil {
@@ -212,8 +207,8 @@ func (d *deleter) done(o doomed) {
 }
 
 // sweep deletes the objects under prefix whose id is not in keep,
-// counting those kept (and, once deleted, the others in count). Names that are not nameOf their id are not ours:
-// they are left alone.
+// counting those kept (and, once deleted, the others in count). Names
+// that are not nameOf their id are not ours: they are left alone.
 func (d *deleter) sweep(prefix string, nameOf func(ChunkID) string, keep map[ChunkID]struct{}, kept *int64, count *atomic.Int64) error {
 	return d.r.be.List(d.ctx, prefix, func(name string, size int64) error {
 		id, err := ParseChunkID(path.Base(name))

@@ -127,13 +127,9 @@ func (r *SnapshotReader) Origin() (*Origin, error) {
 // and created again under the same name has a new id.
 func (r *SnapshotReader) SnapID() (uint64, error) { return r.SnapIDOf(r.snap) }
 
-// Taken is when the snapshot the reader reads was created, by Ceph's
-// clock: for a ceph-csi snapshot, when the VolumeSnapshot was cut.
-func (r *SnapshotReader) Taken() (time.Time, error) {
-	id, err := r.SnapID()
-	if err != nil {
-		return time.Time{}, err
-	}
+// Taken is when snapshot id (SnapID) was created, by Ceph's clock: for
+// a ceph-csi snapshot, when the VolumeSnapshot was cut.
+func (r *SnapshotReader) Taken(id uint64) (time.Time, error) {
 	t, err := r.img.GetSnapTimestamp(id)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("timestamp of %s: %w", r.Spec, err)

@@ -31,8 +31,9 @@ With --keep-* rules instead of ids, forget applies a retention policy to each vo
 its own (a volume: one PVC's source image, or one --image, in one Ceph cluster) and forgets what no
 rule keeps: the newest N (--keep-last), the newest of each of the N most recent hours, days, ISO
 weeks, months and years that have a backup (UTC), and all taken within a duration of the volume's
-newest. Backups rank by when Ceph took their snapshot. Every rule keeps a volume's newest backup, so no volume loses its last one. --pvc and
---velero-backup narrow the backups considered; --dry-run shows the decisions and forgets nothing.`,
+newest. Backups rank by when Ceph took their snapshot. Every rule keeps a volume's newest backup,
+so no volume loses its last one. --pvc and --velero-backup narrow the backups considered;
+--dry-run shows the decisions and forgets nothing.`,
 		RunE: func(cmd *cobra.Command, ids []string) error {
 			policy := p != (objectstore.Policy{})
 			switch {
@@ -83,7 +84,7 @@ newest. Backups rank by when Ceph took their snapshot. Every rule keeps a volume
 	f.IntVar(&p.Weekly, "keep-weekly", 0, "keep the newest backup of each of the last N ISO weeks that have one")
 	f.IntVar(&p.Monthly, "keep-monthly", 0, "keep the newest backup of each of the last N months that have one")
 	f.IntVar(&p.Yearly, "keep-yearly", 0, "keep the newest backup of each of the last N years that have one")
-	f.DurationVar(&p.Within, "keep-within", 0, "keep every backup made within this long of the volume's newest (e.g. 720h)")
+	f.DurationVar(&p.Within, "keep-within", 0, "keep every backup taken within this long of the volume's newest (e.g. 720h)")
 	f.StringVar(&pvc, "pvc", "", "with --keep-*: only backups of this PVC (NAMESPACE/NAME)")
 	f.StringVar(&velero, "velero-backup", "", "with --keep-*: only backups made for this Velero backup")
 	f.BoolVar(&dryRun, "dry-run", false, "with --keep-*: show what would be kept and forgotten, forget nothing")

@@ -179,7 +179,7 @@ func describe(cl *rbd.Cluster, r *rbd.SnapshotReader) (*Snapshot, error) {
 	if s.SnapID, err = r.SnapID(); err != nil {
 		return nil, err
 	}
-	if s.Taken, err = r.Taken(); err != nil {
+	if s.Taken, err = r.Taken(s.SnapID); err != nil {
 		return nil, err
 	}
 	if s.Origin, err = r.Origin(); err != nil || s.Origin == nil {

@@ -230,10 +230,7 @@ func (c *Controller) reconcile(ctx context.Context, name string) error {
 	if !c.wanted(vsc) {
 		return nil
 	}
-	s := kube.Snapshot{Content: vsc}
-	if ref := vsc.Spec.VolumeSnapshotRef; ref.Name != "" {
-		s.Snapshot, _ = c.snapshots.VolumeSnapshots(ref.Namespace).Get(ref.Name)
-	}
+	s := c.snapshotOf(vsc)
 	if !s.Ready() {
 		// Not ours to touch yet: csi-snapshotter is still writing it. Its
 		// status update brings it back here.
@@ -248,9 +245,7 @@ func (c *Controller) reconcile(ctx context.Context, name string) error {
 	}
 	if c.forgotten(vsc) {
 		if vsc.Annotations[AnnPhase] != PhaseForgotten {
-			c.event(s, corev1.EventTypeNormal, "Forgotten", "backup %s was forgotten (retention or backups forget); not exporting it again (removing the %s annotation would)",
-				vsc.Annotations[AnnBackupID], AnnPhase)
-			return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseForgotten), AnnError: nil})
+			return c.setForgotten(ctx, s)
 		}
 		return nil
 	}
@@ -386,15 +381,28 @@ func (c *Controller) markForgotten(ctx context.Context, b objectstore.Summary) {
 	if err != nil || vsc.Annotations[AnnBackupID] != b.ID || vsc.Annotations[AnnPhase] == PhaseForgotten {
 		return
 	}
+	s := c.snapshotOf(vsc)
+	if err := c.setForgotten(ctx, s); err != nil {
+		slog.Error("retention: marking the snapshot Forgotten", "volumeSnapshotContent", name, "err", err)
+	}
+}
+
+// snapshotOf pairs vsc with its VolumeSnapshot, if the cache has it.
+func (c *Controller) snapshotOf(vsc *snapv1.VolumeSnapshotContent) kube.Snapshot {
 	s := kube.Snapshot{Content: vsc}
 	if ref := vsc.Spec.VolumeSnapshotRef; ref.Name != "" {
 		s.Snapshot, _ = c.snapshots.VolumeSnapshots(ref.Namespace).Get(ref.Name)
 	}
+	return s
+}
+
+// setForgotten records on s that its backup was forgotten, and in which
+// repository, so that it is not exported again.
+func (c *Controller) setForgotten(ctx context.Context, s kube.Snapshot) error {
+	c.event(s, corev1.EventTypeNormal, "Forgotten", "backup %s was forgotten (retention or backups forget); not exporting it again (removing the %s annotation would)",
+		s.Content.Annotations[AnnBackupID], AnnPhase)
 	repoID := c.repo.Config().ID
-	c.event(s, corev1.EventTypeNormal, "Forgotten", "backup %s was forgotten by the retention policy; not exporting it again (removing the %s annotation would)", b.ID, AnnPhase)
-	if err := c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseForgotten), AnnRepository: &repoID, AnnError: nil}); err != nil {
-		slog.Error("retention: marking the snapshot Forgotten", "volumeSnapshotContent", name, "err", err)
-	}
+	return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseForgotten), AnnRepository: &repoID, AnnError: nil})
 }
 
 // backupsOf returns the volume's known backups that are still in the

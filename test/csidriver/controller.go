@@ -360,10 +360,12 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	if img.info.Watchers > 0 {
 		return nil, status.Errorf(codes.Internal, "rbd %s is still being used", name)
 	}
-	if _, err := DeleteImage(c.ioctx, name+"-temp"); err != nil {
+	// ceph-csi removes <name>-temp first and leaves the retries to the
+	// mgr's trash remove task; synchronously, the child must go first.
+	if _, err := DeleteImage(c.ioctx, name); err != nil {
 		return nil, internal(err)
 	}
-	if _, err := DeleteImage(c.ioctx, name); err != nil {
+	if _, err := DeleteImage(c.ioctx, name+"-temp"); err != nil {
 		return nil, internal(err)
 	}
 	return &csi.DeleteVolumeResponse{}, internal(VolumeJournal.Undo(c.ioctx, d.opts.InstanceID, img.uuid, img.attrs.RequestName))

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ceph/go-ceph/rbd"
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	"github.com/lifeboat-backup/lifeboat/test/csidriver"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -40,9 +41,6 @@ type Snapshot struct {
 	ParentSnapID uint64
 	Source       *Volume // nil when it could not be resolved (LookupSnapshot)
 }
-
-// snapshotFeatures are the features ceph-csi gives snapshot clones.
-const snapshotFeatures = rbd.FeatureLayering | rbd.FeatureDeepFlatten
 
 // CreateSnapshot does what snapshot-controller, csi-snapshotter, ceph-csi
 // v3 CreateSnapshot and Velero's CSI plugin do for a backup of v:
@@ -137,19 +135,20 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 	undo = append(undo, func() { _ = vscs.Delete(bg, vsc.Name, metav1.DeleteOptions{}) })
 
 	// ceph-csi: reserve, then doSnapshotClone.
-	if snap.UUID, err = s.reserve(snapshotJournal, snap.RequestName, SnapshotPrefix, v.Name, ""); err != nil {
+	sj := csidriver.SnapshotJournal
+	if snap.UUID, err = sj.Reserve(s.ioctx, s.opts.InstanceID, snap.RequestName, SnapshotPrefix, v.Name, ""); err != nil {
 		return nil, err
 	}
-	undo = append(undo, func() { _ = s.undoReservation(snapshotJournal, snap.UUID, snap.RequestName) })
-	snap.ImageName = SnapshotPrefix + snap.UUID
+	undo = append(undo, func() { _ = sj.Undo(s.ioctx, s.opts.InstanceID, snap.UUID, snap.RequestName) })
+	snap.ImageName = sj.ImageName(SnapshotPrefix, snap.UUID)
 	snap.SnapName = snap.ImageName
 	if snap.Handle, err = s.handle(snap.UUID); err != nil {
 		return nil, err
 	}
-	if err = s.snapshotClone(v.Name, snap.ImageName, snap.SnapName); err != nil {
+	if err = csidriver.SnapshotClone(s.ioctx, v.Name, snap.ImageName); err != nil {
 		return nil, err
 	}
-	undo = append(undo, func() { _, _ = s.removeOrTrash(snap.ImageName) })
+	undo = append(undo, func() { _, _ = csidriver.DeleteSnapshotImage(s.ioctx, snap.ImageName) })
 	clone, err := rbd.OpenImageReadOnly(s.ioctx, snap.ImageName, rbd.NoSnapshot)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", snap.ImageName, err)
@@ -173,7 +172,7 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 		return nil, fmt.Errorf("%s: %w", snap.ImageName, err)
 	}
 	snap.CreatedAt = time.Unix(ts.Sec, ts.Nsec)
-	if err = s.setOmap(snapshotJournal.prefix+snap.UUID, map[string]string{JournalImageID: snap.ImageID}); err != nil {
+	if err = sj.StoreImageID(s.ioctx, snap.UUID, snap.ImageID); err != nil {
 		return nil, err
 	}
 
@@ -228,51 +227,6 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 	return snap, nil
 }
 
-// snapshotClone is ceph-csi's createRBDClone + snapshot on the clone.
-func (s *Sim) snapshotClone(parent, cloneName, snapName string) (err error) {
-	img, err := rbd.OpenImage(s.ioctx, parent, rbd.NoSnapshot)
-	if err != nil {
-		return fmt.Errorf("open %s: %w", parent, err)
-	}
-	defer img.Close()
-	// 1. temporary snapshot on the parent.
-	tmp, err := img.CreateSnapshot(snapName)
-	if err != nil {
-		return fmt.Errorf("rbd snap create %s@%s: %w", parent, snapName, err)
-	}
-	// 2. clone v2, layering + deep-flatten.
-	opts := rbd.NewRbdImageOptions()
-	defer opts.Destroy()
-	if err = opts.SetUint64(rbd.ImageOptionFeatures, snapshotFeatures); err == nil {
-		err = opts.SetUint64(rbd.ImageOptionCloneFormat, 2)
-	}
-	if err == nil {
-		err = rbd.CloneImage(s.ioctx, parent, snapName, s.ioctx, cloneName, opts)
-	}
-	if err != nil {
-		_ = tmp.Remove()
-		return fmt.Errorf("rbd clone %s@%s %s: %w", parent, snapName, cloneName, err)
-	}
-	// 3. remove the temporary snapshot: with a clone v2 child it moves to
-	// the trash snapshot namespace.
-	if err = tmp.Remove(); err != nil {
-		_ = rbd.RemoveImage(s.ioctx, cloneName)
-		_ = tmp.Remove()
-		return fmt.Errorf("rbd snap rm %s@%s: %w", parent, snapName, err)
-	}
-	// 4. snapshot on the clone.
-	clone, err := rbd.OpenImage(s.ioctx, cloneName, rbd.NoSnapshot)
-	if err == nil {
-		_, err = clone.CreateSnapshot(snapName)
-		clone.Close()
-	}
-	if err != nil {
-		_ = rbd.RemoveImage(s.ioctx, cloneName)
-		return fmt.Errorf("rbd snap create %s@%s: %w", cloneName, snapName, err)
-	}
-	return nil
-}
-
 // CreateVolumeFromSnapshot restores snap into a new PVC like ceph-csi: the
 // PVC (dataSource = the VolumeSnapshot when in the same namespace), a
 // volume journal reservation, a clone v2 of csi-snap-X@csi-snap-X into
@@ -284,18 +238,7 @@ func (s *Sim) CreateVolumeFromSnapshot(ctx context.Context, snap *Snapshot, name
 		ds = &corev1.TypedLocalObjectReference{APIGroup: &group, Kind: "VolumeSnapshot", Name: snap.VSName}
 	}
 	return s.provision(ctx, namespace, pvc, snap.Size, ds, func(name string) error {
-		opts := rbd.NewRbdImageOptions()
-		defer opts.Destroy()
-		if err := opts.SetUint64(rbd.ImageOptionFeatures, s.features); err != nil {
-			return err
-		}
-		if err := opts.SetUint64(rbd.ImageOptionCloneFormat, 2); err != nil {
-			return err
-		}
-		if err := rbd.CloneImage(s.ioctx, snap.ImageName, snap.SnapName, s.ioctx, name, opts); err != nil {
-			return fmt.Errorf("rbd clone %s@%s %s: %w", snap.ImageName, snap.SnapName, name, err)
-		}
-		return nil
+		return csidriver.Clone(s.ioctx, snap.ImageName, snap.SnapName, s.ioctx, name, s.features)
 	})
 }
 
@@ -342,7 +285,7 @@ func (s *Sim) SnapshotFromHandle(ctx context.Context, handle string) (*Snapshot,
 	if err != nil {
 		return nil, err
 	}
-	attrs, err := s.readJournal(snapshotJournal, h.UUID)
+	attrs, err := s.SnapshotJournal(h.UUID)
 	if err != nil {
 		return nil, err
 	}
@@ -420,28 +363,16 @@ func (s *Sim) DeleteContent(ctx context.Context, snap *Snapshot) error {
 }
 
 // DeleteSnapshot deletes the objects (DeleteContent) and, like ceph-csi
-// DeleteSnapshot, the snapshot on the clone, the clone (to the trash if
-// restored volumes still hang from it) and the journal reservation. Removing
-// the clone lets librbd drop the parent's trash snapshot. It reports whether
-// the clone went to the trash.
+// DeleteSnapshot (csidriver.DeleteSnapshotImage), the snapshot on the clone,
+// the clone (it stays in the trash while restored volumes hang from it) and
+// the journal reservation. Removing the clone lets librbd drop the parent's
+// trash snapshot. It reports whether the clone stayed in the trash.
 func (s *Sim) DeleteSnapshot(ctx context.Context, snap *Snapshot) (trashed bool, err error) {
 	if err := s.DeleteContent(ctx, snap); err != nil {
 		return false, err
 	}
-	img, err := rbd.OpenImage(s.ioctx, snap.ImageName, rbd.NoSnapshot)
-	switch {
-	case errors.Is(err, rbd.ErrNotFound):
-	case err != nil:
-		return false, fmt.Errorf("open %s: %w", snap.ImageName, err)
-	default:
-		err = img.GetSnapshot(snap.SnapName).Remove()
-		img.Close()
-		if err != nil && !errors.Is(err, rbd.ErrNotFound) {
-			return false, fmt.Errorf("rbd snap rm %s@%s: %w", snap.ImageName, snap.SnapName, err)
-		}
-		if trashed, err = s.removeOrTrash(snap.ImageName); err != nil {
-			return false, err
-		}
+	if trashed, err = csidriver.DeleteSnapshotImage(s.ioctx, snap.ImageName); err != nil {
+		return false, err
 	}
-	return trashed, s.undoReservation(snapshotJournal, snap.UUID, snap.RequestName)
+	return trashed, csidriver.SnapshotJournal.Undo(s.ioctx, s.opts.InstanceID, snap.UUID, snap.RequestName)
 }

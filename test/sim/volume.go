@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 )
 
 // chunkSize is the I/O size for fills and reads (one RBD object at the
@@ -188,25 +189,47 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		return nil, fmt.Errorf("create pv %s: %w", v.PV, err)
 	}
 	undo = append(undo, func() { _ = s.deletePV(bg, v.PV) })
-	pv.Status.Phase = corev1.VolumeBound
-	if _, err = pvs.UpdateStatus(ctx, pv, metav1.UpdateOptions{}); err != nil {
+	// The stack's real PV controller (kube-controller-manager) binds the
+	// pre-bound pair too: each write below retries on a conflict with a
+	// fresh copy and sets what that controller would have set.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := pvs.Get(ctx, v.PV, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Status.Phase = corev1.VolumeBound
+		_, err = pvs.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("pv %s status: %w", v.PV, err)
 	}
 
 	// What the PV controller does to bind the claim.
-	claim.Spec.VolumeName = v.PV
-	claim.Annotations["pv.kubernetes.io/bind-completed"] = "yes"
-	claim.Annotations["pv.kubernetes.io/bound-by-controller"] = "yes"
-	if claim, err = pvcs.Update(ctx, claim, metav1.UpdateOptions{}); err != nil {
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := pvcs.Get(ctx, pvcName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Spec.VolumeName = v.PV
+		if cur.Annotations == nil {
+			cur.Annotations = map[string]string{}
+		}
+		cur.Annotations["pv.kubernetes.io/bind-completed"] = "yes"
+		cur.Annotations["pv.kubernetes.io/bound-by-controller"] = "yes"
+		if cur, err = pvcs.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+			return err
+		}
+		cur.Status = corev1.PersistentVolumeClaimStatus{
+			Phase:       corev1.ClaimBound,
+			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Capacity:    corev1.ResourceList{corev1.ResourceStorage: qty},
+		}
+		_, err = pvcs.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("bind pvc %s/%s: %w", namespace, pvcName, err)
-	}
-	claim.Status = corev1.PersistentVolumeClaimStatus{
-		Phase:       corev1.ClaimBound,
-		AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-		Capacity:    corev1.ResourceList{corev1.ResourceStorage: qty},
-	}
-	if _, err = pvcs.UpdateStatus(ctx, claim, metav1.UpdateOptions{}); err != nil {
-		return nil, fmt.Errorf("pvc %s/%s status: %w", namespace, pvcName, err)
 	}
 	return v, nil
 }

@@ -108,7 +108,7 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 	handle := v.Handle
 	fs := corev1.PersistentVolumeFilesystem
 	vscs := s.Snap.SnapshotV1().VolumeSnapshotContents()
-	vsc, err := vscs.Create(ctx, &snapv1.VolumeSnapshotContent{
+	content := &snapv1.VolumeSnapshotContent{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:   snap.ContentName,
 			Labels: labels,
@@ -128,15 +128,16 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 			Source:                  snapv1.VolumeSnapshotContentSource{VolumeHandle: &handle},
 			SourceVolumeMode:        &fs,
 		},
-	}, metav1.CreateOptions{})
+	}
+	vsc, err := s.createContent(ctx, content)
 	if err != nil {
-		return nil, fmt.Errorf("create volumesnapshotcontent %s: %w", snap.ContentName, err)
+		return nil, err
 	}
 	undo = append(undo, func() { _ = vscs.Delete(bg, vsc.Name, metav1.DeleteOptions{}) })
 
 	// ceph-csi: reserve, then doSnapshotClone.
 	sj := csidriver.SnapshotJournal
-	if snap.UUID, err = sj.Reserve(s.ioctx, s.opts.InstanceID, snap.RequestName, SnapshotPrefix, v.Name, ""); err != nil {
+	if snap.UUID, err = s.reserve(sj, snap.RequestName, SnapshotPrefix, v.Name, ""); err != nil {
 		return nil, err
 	}
 	undo = append(undo, func() { _ = sj.Undo(s.ioctx, s.opts.InstanceID, snap.UUID, snap.RequestName) })
@@ -201,13 +202,23 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 	// snapshot-controller's status update.
 	contentName := snap.ContentName
 	qty := resource.NewQuantity(size, resource.BinarySI)
-	vs.Status = &snapv1.VolumeSnapshotStatus{
-		BoundVolumeSnapshotContentName: &contentName,
-		CreationTime:                   &metav1.Time{Time: snap.CreatedAt},
-		ReadyToUse:                     &ready,
-		RestoreSize:                    qty,
-	}
-	if vs, err = vss.UpdateStatus(ctx, vs, metav1.UpdateOptions{}); err != nil {
+	// A real snapshot-controller may be updating it too: fresh copies,
+	// retried on conflicts.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := vss.Get(ctx, vs.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Status = &snapv1.VolumeSnapshotStatus{
+			BoundVolumeSnapshotContentName: &contentName,
+			CreationTime:                   &metav1.Time{Time: snap.CreatedAt},
+			ReadyToUse:                     &ready,
+			RestoreSize:                    qty,
+		}
+		vs, err = vss.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("volumesnapshot %s/%s status: %w", v.Namespace, snap.VSName, err)
 	}
 	// Velero's annotations once the snapshot is ready, merge-patched: an
@@ -225,6 +236,36 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 		return nil, fmt.Errorf("volumesnapshot %s/%s annotations: %w", v.Namespace, snap.VSName, err)
 	}
 	return snap, nil
+}
+
+// createContent creates the VolumeSnapshotContent of a dynamic snapshot.
+// A real snapshot-controller may have created it first (same name,
+// snapcontent-<VS uid>): that one is adopted, with the labels and
+// annotations merged in, when it refers to the same VolumeSnapshot.
+func (s *Sim) createContent(ctx context.Context, c *snapv1.VolumeSnapshotContent) (*snapv1.VolumeSnapshotContent, error) {
+	vscs := s.Snap.SnapshotV1().VolumeSnapshotContents()
+	vsc, err := vscs.Create(ctx, c, metav1.CreateOptions{})
+	if !apierrors.IsAlreadyExists(err) {
+		if err != nil {
+			return nil, fmt.Errorf("create volumesnapshotcontent %s: %w", c.Name, err)
+		}
+		return vsc, nil
+	}
+	cur, err := vscs.Get(ctx, c.Name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("volumesnapshotcontent %s: %w", c.Name, err)
+	}
+	if cur.Spec.VolumeSnapshotRef.UID != c.Spec.VolumeSnapshotRef.UID {
+		return nil, fmt.Errorf("volumesnapshotcontent %s exists for another VolumeSnapshot (uid %s)", c.Name, cur.Spec.VolumeSnapshotRef.UID)
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": c.Labels, "annotations": c.Annotations}})
+	if err != nil {
+		return nil, err
+	}
+	if vsc, err = vscs.Patch(ctx, c.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return nil, fmt.Errorf("volumesnapshotcontent %s: %w", c.Name, err)
+	}
+	return vsc, nil
 }
 
 // CreateVolumeFromSnapshot restores snap into a new PVC like ceph-csi: the

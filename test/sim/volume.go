@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 )
 
 // chunkSize is the I/O size for fills and reads (one RBD object at the
@@ -121,7 +122,7 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 	}
 	v.PV = v.RequestName
 	vj := csidriver.VolumeJournal
-	if v.UUID, err = vj.Reserve(s.ioctx, s.opts.InstanceID, v.RequestName, VolumePrefix, "", namespace); err != nil {
+	if v.UUID, err = s.reserve(vj, v.RequestName, VolumePrefix, "", namespace); err != nil {
 		return nil, err
 	}
 	undo = append(undo, func() { _ = vj.Undo(s.ioctx, s.opts.InstanceID, v.UUID, v.RequestName) })
@@ -184,28 +185,59 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		},
 	}
 	pvs := s.Kube.CoreV1().PersistentVolumes()
-	if pv, err = pvs.Create(ctx, pv, metav1.CreateOptions{}); err != nil {
+	if _, err = pvs.Create(ctx, pv, metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("create pv %s: %w", v.PV, err)
 	}
 	undo = append(undo, func() { _ = s.deletePV(bg, v.PV) })
-	pv.Status.Phase = corev1.VolumeBound
-	if _, err = pvs.UpdateStatus(ctx, pv, metav1.UpdateOptions{}); err != nil {
+	// What the PV controller does to bind the pair. A real
+	// kube-controller-manager may be doing the same at once: every update
+	// starts from a fresh copy and is retried on conflicts.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := pvs.Get(ctx, v.PV, metav1.GetOptions{})
+		if err != nil || cur.Status.Phase == corev1.VolumeBound {
+			return err
+		}
+		cur.Status.Phase = corev1.VolumeBound
+		_, err = pvs.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("pv %s status: %w", v.PV, err)
 	}
-
-	// What the PV controller does to bind the claim.
-	claim.Spec.VolumeName = v.PV
-	claim.Annotations["pv.kubernetes.io/bind-completed"] = "yes"
-	claim.Annotations["pv.kubernetes.io/bound-by-controller"] = "yes"
-	if claim, err = pvcs.Update(ctx, claim, metav1.UpdateOptions{}); err != nil {
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := pvcs.Get(ctx, pvcName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if cur.Spec.VolumeName != "" && cur.Spec.VolumeName != v.PV {
+			return fmt.Errorf("bound to %s meanwhile", cur.Spec.VolumeName)
+		}
+		cur.Spec.VolumeName = v.PV
+		if cur.Annotations == nil {
+			cur.Annotations = map[string]string{}
+		}
+		cur.Annotations["pv.kubernetes.io/bind-completed"] = "yes"
+		cur.Annotations["pv.kubernetes.io/bound-by-controller"] = "yes"
+		_, err = pvcs.Update(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("bind pvc %s/%s: %w", namespace, pvcName, err)
 	}
-	claim.Status = corev1.PersistentVolumeClaimStatus{
-		Phase:       corev1.ClaimBound,
-		AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-		Capacity:    corev1.ResourceList{corev1.ResourceStorage: qty},
-	}
-	if _, err = pvcs.UpdateStatus(ctx, claim, metav1.UpdateOptions{}); err != nil {
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := pvcs.Get(ctx, pvcName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Status = corev1.PersistentVolumeClaimStatus{
+			Phase:       corev1.ClaimBound,
+			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Capacity:    corev1.ResourceList{corev1.ResourceStorage: qty},
+		}
+		_, err = pvcs.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("pvc %s/%s status: %w", namespace, pvcName, err)
 	}
 	return v, nil

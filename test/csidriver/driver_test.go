@@ -604,14 +604,29 @@ func TestRadosNamespace(t *testing.T) {
 	if err := csidriver.SetCluster(f.config, c); err != nil {
 		t.Fatal(err)
 	}
-	vol := f.createVolume("pvc-"+uuid.NewString(), 8*mib, nil)
-	if vol.GetVolumeContext()["radosNamespace"] != ns {
-		t.Errorf("volume context %v lacks radosNamespace %s", vol.GetVolumeContext(), ns)
+	// With the classes' name prefixes too.
+	req := f.createVolumeReq("pvc-"+uuid.NewString(), 8*mib, nil)
+	req.Parameters["volumeNamePrefix"] = "lbt-vol-"
+	r, err := f.ctl.CreateVolume(f.ctx, req)
+	if err != nil {
+		t.Fatal(err)
 	}
-	snap := f.createSnapshot("snapshot-"+uuid.NewString(), vol.GetVolumeId())
+	vol := r.GetVolume()
+	if vc := vol.GetVolumeContext(); vc["radosNamespace"] != ns || vc["imageName"] != "lbt-vol-"+f.decode(vol.GetVolumeId()).UUID {
+		t.Errorf("volume context %v: want radosNamespace %s, image lbt-vol-<uuid>", vc, ns)
+	}
+	rs, err := f.ctl.CreateSnapshot(f.ctx, &csi.CreateSnapshotRequest{
+		Name: "snapshot-" + uuid.NewString(), SourceVolumeId: vol.GetVolumeId(), Secrets: f.secrets,
+		Parameters: map[string]string{"clusterID": f.clusterID, "snapshotNamePrefix": "lbt-snap-"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := rs.GetSnapshot()
 	sid := f.decode(snap.GetSnapshotId())
 	ref, err := f.admin.Resolve(sid, rbd.Snapshot, rbd.ResolveOptions{Namespace: ns})
-	if err != nil || !ref.FromJournal || ref.Namespace != ns || ref.Image != "csi-snap-"+sid.UUID {
+	if err != nil || !ref.FromJournal || ref.Namespace != ns || ref.Image != "lbt-snap-"+sid.UUID ||
+		ref.Source != vol.GetVolumeContext()["imageName"] {
 		t.Errorf("Resolve in namespace = %+v, %v", ref, err)
 	}
 	if _, err := f.admin.Inspect(pool, ns, ref.Image, false); err != nil {

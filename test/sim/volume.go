@@ -104,6 +104,7 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 	if dataSource != nil {
 		claim.Spec.DataSourceRef = &corev1.TypedObjectReference{APIGroup: dataSource.APIGroup, Kind: dataSource.Kind, Name: dataSource.Name}
 	}
+	preBound := s.preBind(claim)
 	pvcs := s.Kube.CoreV1().PersistentVolumeClaims(namespace)
 	claim, err = pvcs.Create(ctx, claim, metav1.CreateOptions{})
 	if err != nil {
@@ -119,6 +120,9 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		Pool:        s.opts.Pool,
 		RadosNS:     s.opts.RadosNamespace,
 		sim:         s,
+	}
+	if preBound != "" {
+		v.RequestName = preBound
 	}
 	v.PV = v.RequestName
 	vj := csidriver.VolumeJournal

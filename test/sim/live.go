@@ -24,8 +24,9 @@ import (
 // Options.Driver), objects fabricated for that driver would race with them
 // over the same CSI request names. The Sim then
 //   - creates its PVCs pre-bound (spec.volumeName set at creation), which
-//     csi-provisioner leaves alone, and writes image, journal and PV itself
-//     as before (the volume's features stay Options.VolumeFeatures);
+//     csi-provisioner leaves alone, and writes image, journal and PV (with
+//     reclaim policy Retain, so that csi-provisioner never deletes it)
+//     itself as before (the volume's features stay Options.VolumeFeatures);
 //   - takes snapshots the real way: it creates the VolumeSnapshot and waits
 //     for snapshot-controller, csi-snapshotter and lbcsi, then adds what
 //     Velero adds; DeleteSnapshot goes through them too.

@@ -159,6 +159,12 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		attrs["radosNamespace"] = s.opts.RadosNamespace
 	}
 	rn := s.opts.RookNamespace
+	// With live sidecars, Retain keeps csi-provisioner from deleting the
+	// image of a released PV behind DeleteVolume's back.
+	reclaim := corev1.PersistentVolumeReclaimDelete
+	if preBound != "" {
+		reclaim = corev1.PersistentVolumeReclaimRetain
+	}
 	pv := &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: v.PV,
@@ -171,7 +177,7 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		Spec: corev1.PersistentVolumeSpec{
 			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: qty},
 			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimDelete,
+			PersistentVolumeReclaimPolicy: reclaim,
 			StorageClassName:              sc,
 			VolumeMode:                    &fs,
 			ClaimRef: &corev1.ObjectReference{

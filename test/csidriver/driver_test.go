@@ -129,6 +129,13 @@ func newFixture(t *testing.T) *fixture {
 	}
 	t.Cleanup(f.ioctx.Destroy)
 	f.poolID = f.ioctx.GetPoolID()
+	// The instance's journal directories (emptied by the deletes, as
+	// ceph-csi leaves them) go with the test.
+	t.Cleanup(func() {
+		for _, o := range []string{"csi.volumes." + f.instance, "csi.snaps." + f.instance} {
+			_ = f.ioctx.Delete(o)
+		}
+	})
 	return f
 }
 
@@ -577,4 +584,75 @@ func TestSnapshotHandleErrors(t *testing.T) {
 	wantCode(t, "snapshot of a missing volume", err, codes.NotFound, "not found")
 	// A malformed handle.
 	wantCode(t, "restore of a malformed handle", restore("0001-nonsense"), codes.Internal, "malformed")
+}
+
+// TestRadosNamespace: with rbd.radosNamespace in the config, images and
+// journal live in that namespace, and lifeboat's resolver finds them there.
+func TestRadosNamespace(t *testing.T) {
+	f := newFixture(t)
+	ns := "lbcsi-" + uuid.NewString()[:8]
+	if err := librbd.NamespaceCreate(f.ioctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := librbd.NamespaceRemove(f.ioctx, ns); err != nil {
+			t.Errorf("rbd namespace remove %s: %v", ns, err)
+		}
+	})
+	c := csidriver.ClusterInfo{ClusterID: f.clusterID, Monitors: f.env.Monitors()}
+	c.RBD.RadosNamespace = ns
+	if err := csidriver.SetCluster(f.config, c); err != nil {
+		t.Fatal(err)
+	}
+	// With the classes' name prefixes too.
+	req := f.createVolumeReq("pvc-"+uuid.NewString(), 8*mib, nil)
+	req.Parameters["volumeNamePrefix"] = "lbt-vol-"
+	r, err := f.ctl.CreateVolume(f.ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol := r.GetVolume()
+	if vc := vol.GetVolumeContext(); vc["radosNamespace"] != ns || vc["imageName"] != "lbt-vol-"+f.decode(vol.GetVolumeId()).UUID {
+		t.Errorf("volume context %v: want radosNamespace %s, image lbt-vol-<uuid>", vc, ns)
+	}
+	rs, err := f.ctl.CreateSnapshot(f.ctx, &csi.CreateSnapshotRequest{
+		Name: "snapshot-" + uuid.NewString(), SourceVolumeId: vol.GetVolumeId(), Secrets: f.secrets,
+		Parameters: map[string]string{"clusterID": f.clusterID, "snapshotNamePrefix": "lbt-snap-"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := rs.GetSnapshot()
+	sid := f.decode(snap.GetSnapshotId())
+	ref, err := f.admin.Resolve(sid, rbd.Snapshot, rbd.ResolveOptions{Namespace: ns})
+	if err != nil || !ref.FromJournal || ref.Namespace != ns || ref.Image != "lbt-snap-"+sid.UUID ||
+		ref.Source != vol.GetVolumeContext()["imageName"] {
+		t.Errorf("Resolve in namespace = %+v, %v", ref, err)
+	}
+	if _, err := f.admin.Inspect(pool, ns, ref.Image, false); err != nil {
+		t.Errorf("snapshot image not in namespace %s: %v", ns, err)
+	}
+	if f.exists("csi.snap." + sid.UUID) {
+		t.Errorf("journal written outside namespace %s", ns)
+	}
+	restored := f.createVolume("pvc-"+uuid.NewString(), 8*mib, &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshotId()}}})
+	f.deleteVolume(restored.GetVolumeId())
+	f.deleteSnapshot(snap.GetSnapshotId())
+	f.deleteVolume(vol.GetVolumeId())
+	nsctx, err := f.admin.IOContext(pool, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsctx.Destroy()
+	if names, err := librbd.GetImageNames(nsctx); err != nil || len(names) != 0 {
+		t.Errorf("images left in namespace %s: %v, %v", ns, names, err)
+	}
+	// Journal directories are left empty (omap keys removed), as by
+	// ceph-csi; remove the objects so the namespace can go.
+	for _, o := range []string{"csi.volumes." + f.instance, "csi.snaps." + f.instance} {
+		if err := nsctx.Delete(o); err != nil && !errors.Is(err, rados.ErrNotFound) {
+			t.Error(err)
+		}
+	}
 }

@@ -116,12 +116,38 @@ func (d *Driver) logCall(ctx context.Context, req any, info *grpc.UnaryServerInf
 	start := time.Now()
 	resp, err := h(ctx, req)
 	attrs := []any{"method", info.FullMethod, "took", time.Since(start).Round(time.Millisecond)}
+	attrs = append(attrs, requestIDs(req)...)
 	if err != nil {
 		d.log.Warn("call failed", append(attrs, "code", status.Code(err).String(), "err", status.Convert(err).Message())...)
 	} else if !strings.HasSuffix(info.FullMethod, "/Probe") {
+		switch r := resp.(type) {
+		case *csi.CreateVolumeResponse:
+			attrs = append(attrs, "created", r.GetVolume().GetVolumeId())
+		case *csi.CreateSnapshotResponse:
+			attrs = append(attrs, "created", r.GetSnapshot().GetSnapshotId())
+		}
 		d.log.Info("call", attrs...)
 	}
 	return resp, err
+}
+
+// requestIDs picks the request's names and handles for the log (never its
+// secrets or parameters).
+func requestIDs(req any) []any {
+	var out []any
+	if r, ok := req.(interface{ GetName() string }); ok && r.GetName() != "" {
+		out = append(out, "name", r.GetName())
+	}
+	if r, ok := req.(interface{ GetVolumeId() string }); ok && r.GetVolumeId() != "" {
+		out = append(out, "volume", r.GetVolumeId())
+	}
+	if r, ok := req.(interface{ GetSourceVolumeId() string }); ok && r.GetSourceVolumeId() != "" {
+		out = append(out, "source", r.GetSourceVolumeId())
+	}
+	if r, ok := req.(interface{ GetSnapshotId() string }); ok && r.GetSnapshotId() != "" {
+		out = append(out, "snapshot", r.GetSnapshotId())
+	}
+	return out
 }
 
 // keyLocks is ceph-csi's util.VolumeLocks: a second operation on a key in

@@ -50,3 +50,17 @@ func (s *Sim) JournalDirectory(dirObject string) (map[string]string, error) {
 	}
 	return out, nil
 }
+
+// reserve is the driver's reservation (csidriver.Journal.Reserve), refused
+// when the request name is already reserved: the driver would answer such
+// a request from the existing entry, the simulator never repeats one.
+func (s *Sim) reserve(j csidriver.Journal, reqName, prefix, source, owner string) (string, error) {
+	id, err := j.Lookup(s.ioctx, s.opts.InstanceID, reqName)
+	if err != nil {
+		return "", err
+	}
+	if id != "" {
+		return "", fmt.Errorf("journal %s%s: request %s already reserved as %s", j.Dir, s.opts.InstanceID, reqName, id)
+	}
+	return j.Reserve(s.ioctx, s.opts.InstanceID, reqName, prefix, source, owner)
+}

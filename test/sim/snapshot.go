@@ -64,6 +64,9 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 	if err := timeout(ctx); err != nil {
 		return nil, err
 	}
+	if s.live() {
+		return s.createSnapshotLive(ctx, v, backup)
+	}
 	if err := s.ensureSnapshotClass(ctx); err != nil {
 		return nil, fmt.Errorf("volumesnapshotclass: %w", err)
 	}
@@ -108,7 +111,7 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 	handle := v.Handle
 	fs := corev1.PersistentVolumeFilesystem
 	vscs := s.Snap.SnapshotV1().VolumeSnapshotContents()
-	vsc, err := vscs.Create(ctx, &snapv1.VolumeSnapshotContent{
+	content := &snapv1.VolumeSnapshotContent{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:   snap.ContentName,
 			Labels: labels,
@@ -128,15 +131,16 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 			Source:                  snapv1.VolumeSnapshotContentSource{VolumeHandle: &handle},
 			SourceVolumeMode:        &fs,
 		},
-	}, metav1.CreateOptions{})
+	}
+	vsc, err := s.createContent(ctx, content)
 	if err != nil {
-		return nil, fmt.Errorf("create volumesnapshotcontent %s: %w", snap.ContentName, err)
+		return nil, err
 	}
 	undo = append(undo, func() { _ = vscs.Delete(bg, vsc.Name, metav1.DeleteOptions{}) })
 
 	// ceph-csi: reserve, then doSnapshotClone.
 	sj := csidriver.SnapshotJournal
-	if snap.UUID, err = sj.Reserve(s.ioctx, s.opts.InstanceID, snap.RequestName, SnapshotPrefix, v.Name, ""); err != nil {
+	if snap.UUID, err = s.reserve(sj, snap.RequestName, SnapshotPrefix, v.Name, ""); err != nil {
 		return nil, err
 	}
 	undo = append(undo, func() { _ = sj.Undo(s.ioctx, s.opts.InstanceID, snap.UUID, snap.RequestName) })
@@ -201,17 +205,37 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 	// snapshot-controller's status update.
 	contentName := snap.ContentName
 	qty := resource.NewQuantity(size, resource.BinarySI)
-	vs.Status = &snapv1.VolumeSnapshotStatus{
-		BoundVolumeSnapshotContentName: &contentName,
-		CreationTime:                   &metav1.Time{Time: snap.CreatedAt},
-		ReadyToUse:                     &ready,
-		RestoreSize:                    qty,
-	}
-	if vs, err = vss.UpdateStatus(ctx, vs, metav1.UpdateOptions{}); err != nil {
+	// A real snapshot-controller may be updating it too: fresh copies,
+	// retried on conflicts.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := vss.Get(ctx, vs.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Status = &snapv1.VolumeSnapshotStatus{
+			BoundVolumeSnapshotContentName: &contentName,
+			CreationTime:                   &metav1.Time{Time: snap.CreatedAt},
+			ReadyToUse:                     &ready,
+			RestoreSize:                    qty,
+		}
+		vs, err = vss.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("volumesnapshot %s/%s status: %w", v.Namespace, snap.VSName, err)
 	}
-	// Velero's annotations once the snapshot is ready, merge-patched: an
-	// Update could conflict with anyone else touching the object.
+	snap.VSName = vs.Name
+	if err := s.annotateVelero(ctx, snap); err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+// annotateVelero adds the annotations Velero's CSI plugin puts on a
+// VolumeSnapshot once it is ready, merge-patched: an Update could conflict
+// with anyone else touching the object.
+func (s *Sim) annotateVelero(ctx context.Context, snap *Snapshot) error {
+	qty := resource.NewQuantity(int64(snap.Size), resource.BinarySI)
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
 		VeleroSnapshotHandleAnnotation: snap.Handle,
 		VeleroDriverNameAnnotation:     s.opts.Driver,
@@ -219,12 +243,43 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 		VeleroVSCDeletionPolicyAnnot:   string(snapv1.VolumeSnapshotContentRetain),
 	}}})
 	if err != nil {
+		return err
+	}
+	_, err = s.Snap.SnapshotV1().VolumeSnapshots(snap.VSNamespace).Patch(ctx, snap.VSName, types.MergePatchType, patch, metav1.PatchOptions{})
+	if err != nil {
+		return fmt.Errorf("volumesnapshot %s/%s annotations: %w", snap.VSNamespace, snap.VSName, err)
+	}
+	return nil
+}
+
+// createContent creates the VolumeSnapshotContent of a dynamic snapshot.
+// A real snapshot-controller may have created it first (same name,
+// snapcontent-<VS uid>): that one is adopted, with the labels and
+// annotations merged in, when it refers to the same VolumeSnapshot.
+func (s *Sim) createContent(ctx context.Context, c *snapv1.VolumeSnapshotContent) (*snapv1.VolumeSnapshotContent, error) {
+	vscs := s.Snap.SnapshotV1().VolumeSnapshotContents()
+	vsc, err := vscs.Create(ctx, c, metav1.CreateOptions{})
+	if !apierrors.IsAlreadyExists(err) {
+		if err != nil {
+			return nil, fmt.Errorf("create volumesnapshotcontent %s: %w", c.Name, err)
+		}
+		return vsc, nil
+	}
+	cur, err := vscs.Get(ctx, c.Name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("volumesnapshotcontent %s: %w", c.Name, err)
+	}
+	if cur.Spec.VolumeSnapshotRef.UID != c.Spec.VolumeSnapshotRef.UID {
+		return nil, fmt.Errorf("volumesnapshotcontent %s exists for another VolumeSnapshot (uid %s)", c.Name, cur.Spec.VolumeSnapshotRef.UID)
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": c.Labels, "annotations": c.Annotations}})
+	if err != nil {
 		return nil, err
 	}
-	if _, err = vss.Patch(ctx, vs.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		return nil, fmt.Errorf("volumesnapshot %s/%s annotations: %w", v.Namespace, snap.VSName, err)
+	if vsc, err = vscs.Patch(ctx, c.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return nil, fmt.Errorf("volumesnapshotcontent %s: %w", c.Name, err)
 	}
-	return snap, nil
+	return vsc, nil
 }
 
 // CreateVolumeFromSnapshot restores snap into a new PVC like ceph-csi: the
@@ -347,19 +402,64 @@ func (s *Sim) Flatten(ctx context.Context, snap *Snapshot) error {
 // backup with a Retain class, an orphan only the handle leads to.
 func (s *Sim) DeleteContent(ctx context.Context, snap *Snapshot) error {
 	var errs []error
-	if snap.VSName != "" {
-		err := s.Snap.SnapshotV1().VolumeSnapshots(snap.VSNamespace).Delete(ctx, snap.VSName, metav1.DeleteOptions{})
+	if s.live() && snap.ContentName != "" {
+		// Whatever the class said, deleting must not reach Ceph.
+		err := s.patchContent(ctx, snap.ContentName, map[string]any{"spec": map[string]any{"deletionPolicy": snapv1.VolumeSnapshotContentRetain}})
 		if err != nil && !apierrors.IsNotFound(err) {
-			errs = append(errs, err)
+			return err
 		}
+	}
+	// A real snapshot-controller puts finalizers on both (and may put them
+	// back): strip them until the objects are gone.
+	vss, vscs := s.Snap.SnapshotV1().VolumeSnapshots(snap.VSNamespace), s.Snap.SnapshotV1().VolumeSnapshotContents()
+	if snap.VSName != "" {
+		errs = append(errs, deleteGone(ctx, "volumesnapshot "+snap.VSNamespace+"/"+snap.VSName,
+			func(ctx context.Context) (metav1.Object, error) {
+				return vss.Get(ctx, snap.VSName, metav1.GetOptions{})
+			},
+			func(ctx context.Context, p []byte) error {
+				_, err := vss.Patch(ctx, snap.VSName, types.MergePatchType, p, metav1.PatchOptions{})
+				return err
+			},
+			func(ctx context.Context) error { return vss.Delete(ctx, snap.VSName, metav1.DeleteOptions{}) }))
 	}
 	if snap.ContentName != "" {
-		err := s.Snap.SnapshotV1().VolumeSnapshotContents().Delete(ctx, snap.ContentName, metav1.DeleteOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			errs = append(errs, err)
-		}
+		errs = append(errs, deleteGone(ctx, "volumesnapshotcontent "+snap.ContentName,
+			func(ctx context.Context) (metav1.Object, error) {
+				return vscs.Get(ctx, snap.ContentName, metav1.GetOptions{})
+			},
+			func(ctx context.Context, p []byte) error {
+				_, err := vscs.Patch(ctx, snap.ContentName, types.MergePatchType, p, metav1.PatchOptions{})
+				return err
+			},
+			func(ctx context.Context) error { return vscs.Delete(ctx, snap.ContentName, metav1.DeleteOptions{}) }))
 	}
 	return errors.Join(errs...)
+}
+
+// deleteGone deletes an object and waits until it is gone, clearing its
+// finalizers as often as a controller puts them back. Missing is success.
+func deleteGone(ctx context.Context, what string, get func(context.Context) (metav1.Object, error),
+	patch func(context.Context, []byte) error, del func(context.Context) error) error {
+	return waitFor(ctx, what+" to go", func(ctx context.Context) (bool, error) {
+		o, err := get(ctx)
+		if apierrors.IsNotFound(err) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if len(o.GetFinalizers()) > 0 {
+			err = patch(ctx, []byte(`{"metadata":{"finalizers":null}}`))
+		}
+		if err == nil && o.GetDeletionTimestamp() == nil {
+			err = del(ctx)
+		}
+		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			err = nil
+		}
+		return false, err
+	})
 }
 
 // DeleteSnapshot deletes the objects (DeleteContent) and, like ceph-csi
@@ -368,6 +468,13 @@ func (s *Sim) DeleteContent(ctx context.Context, snap *Snapshot) error {
 // the journal reservation. Removing the clone lets librbd drop the parent's
 // trash snapshot. It reports whether the clone stayed in the trash.
 func (s *Sim) DeleteSnapshot(ctx context.Context, snap *Snapshot) (trashed bool, err error) {
+	if s.live() && snap.ContentName != "" {
+		trashed, err := s.deleteSnapshotLive(ctx, snap)
+		if !apierrors.IsNotFound(err) {
+			return trashed, err
+		}
+		// No content any more: what the real path cannot do, directly.
+	}
 	if err := s.DeleteContent(ctx, snap); err != nil {
 		return false, err
 	}

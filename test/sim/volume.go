@@ -104,6 +104,7 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 	if dataSource != nil {
 		claim.Spec.DataSourceRef = &corev1.TypedObjectReference{APIGroup: dataSource.APIGroup, Kind: dataSource.Kind, Name: dataSource.Name}
 	}
+	preBound := s.preBind(claim)
 	pvcs := s.Kube.CoreV1().PersistentVolumeClaims(namespace)
 	claim, err = pvcs.Create(ctx, claim, metav1.CreateOptions{})
 	if err != nil {
@@ -120,9 +121,12 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		RadosNS:     s.opts.RadosNamespace,
 		sim:         s,
 	}
+	if preBound != "" {
+		v.RequestName = preBound
+	}
 	v.PV = v.RequestName
 	vj := csidriver.VolumeJournal
-	if v.UUID, err = vj.Reserve(s.ioctx, s.opts.InstanceID, v.RequestName, VolumePrefix, "", namespace); err != nil {
+	if v.UUID, err = s.reserve(vj, v.RequestName, VolumePrefix, "", namespace); err != nil {
 		return nil, err
 	}
 	undo = append(undo, func() { _ = vj.Undo(s.ioctx, s.opts.InstanceID, v.UUID, v.RequestName) })
@@ -155,6 +159,12 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		attrs["radosNamespace"] = s.opts.RadosNamespace
 	}
 	rn := s.opts.RookNamespace
+	// With live sidecars, Retain keeps csi-provisioner from deleting the
+	// image of a released PV behind DeleteVolume's back.
+	reclaim := corev1.PersistentVolumeReclaimDelete
+	if preBound != "" {
+		reclaim = corev1.PersistentVolumeReclaimRetain
+	}
 	pv := &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: v.PV,
@@ -167,7 +177,7 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		Spec: corev1.PersistentVolumeSpec{
 			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: qty},
 			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimDelete,
+			PersistentVolumeReclaimPolicy: reclaim,
 			StorageClassName:              sc,
 			VolumeMode:                    &fs,
 			ClaimRef: &corev1.ObjectReference{
@@ -185,16 +195,16 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		},
 	}
 	pvs := s.Kube.CoreV1().PersistentVolumes()
-	if pv, err = pvs.Create(ctx, pv, metav1.CreateOptions{}); err != nil {
+	if _, err = pvs.Create(ctx, pv, metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("create pv %s: %w", v.PV, err)
 	}
 	undo = append(undo, func() { _ = s.deletePV(bg, v.PV) })
-	// The stack's real PV controller (kube-controller-manager) binds the
-	// pre-bound pair too: each write below retries on a conflict with a
-	// fresh copy and sets what that controller would have set.
+	// What the PV controller does to bind the pair. A real
+	// kube-controller-manager may be doing the same at once: every update
+	// starts from a fresh copy and is retried on conflicts.
 	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		cur, err := pvs.Get(ctx, v.PV, metav1.GetOptions{})
-		if err != nil {
+		if err != nil || cur.Status.Phase == corev1.VolumeBound {
 			return err
 		}
 		cur.Status.Phase = corev1.VolumeBound
@@ -204,12 +214,13 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 	if err != nil {
 		return nil, fmt.Errorf("pv %s status: %w", v.PV, err)
 	}
-
-	// What the PV controller does to bind the claim.
 	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		cur, err := pvcs.Get(ctx, pvcName, metav1.GetOptions{})
 		if err != nil {
 			return err
+		}
+		if cur.Spec.VolumeName != "" && cur.Spec.VolumeName != v.PV {
+			return fmt.Errorf("bound to %s meanwhile", cur.Spec.VolumeName)
 		}
 		cur.Spec.VolumeName = v.PV
 		if cur.Annotations == nil {
@@ -217,7 +228,15 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		}
 		cur.Annotations["pv.kubernetes.io/bind-completed"] = "yes"
 		cur.Annotations["pv.kubernetes.io/bound-by-controller"] = "yes"
-		if cur, err = pvcs.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		_, err = pvcs.Update(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bind pvc %s/%s: %w", namespace, pvcName, err)
+	}
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := pvcs.Get(ctx, pvcName, metav1.GetOptions{})
+		if err != nil {
 			return err
 		}
 		cur.Status = corev1.PersistentVolumeClaimStatus{
@@ -229,7 +248,7 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("bind pvc %s/%s: %w", namespace, pvcName, err)
+		return nil, fmt.Errorf("pvc %s/%s status: %w", namespace, pvcName, err)
 	}
 	return v, nil
 }

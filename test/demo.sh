@@ -29,12 +29,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Previous demos' namespaces, Velero backups and restores (`velero backup delete` also deletes
+# their CSI snapshots through csi-snapshotter); their RBD images would fill the memstore OSD.
+kubectl delete namespace -l lifeboat.io/demo=true --wait=false >/dev/null
+velero restore delete --selector lifeboat.io/demo=true --confirm >/dev/null 2>&1 || true
+velero backup delete --selector lifeboat.io/demo=true --confirm >/dev/null 2>&1 || true
+
 say "What Rook gives a cluster (made by make stack-up): the StorageClass, and the VolumeSnapshotClass Velero picks by its label (deletionPolicy Retain)"
 run kubectl get storageclass rook-ceph-block
 run kubectl get volumesnapshotclass -l velero.io/csi-volumesnapshot-class=true
 
 say "A 256 MiB PVC $ns/shop-db: csi-provisioner asks the CSI driver, which creates an RBD image as ceph-csi does"
 kubectl create namespace "$ns" >/dev/null
+kubectl label namespace "$ns" lifeboat.io/demo=true >/dev/null
 kubectl apply -f - >/dev/null <<YAML
 apiVersion: v1
 kind: PersistentVolumeClaim
@@ -66,7 +73,7 @@ lb repo init "${s3[@]}" --s3-create-bucket
 agent_pid=$!
 
 say "Velero backs up the namespace: a CSI snapshot of the PVC (snapshot-controller, csi-snapshotter, the CSI driver)"
-run velero backup create "$backup" --include-namespaces "$ns" --features=EnableCSI --wait
+run velero backup create "$backup" --include-namespaces "$ns" --labels lifeboat.io/demo=true --features=EnableCSI --wait
 velero backup describe "$backup" --details --features=EnableCSI | sed -n '/CSI Snapshots:/,/^$/p'
 handle=$(velero backup describe "$backup" --details --features=EnableCSI | grep -oE '0001-[0-9a-f]{4}-rook-ceph-[0-9a-f]{16}-[0-9a-f-]{36}' | head -1)
 [[ -n $handle ]] || { echo "demo: no snapshot handle in velero backup describe" >&2; exit 1; }
@@ -95,7 +102,7 @@ say "The namespace is deleted (the namespace controller removes the PVC, csi-pro
 run kubectl delete namespace "$ns" --timeout=120s
 
 say "Velero restores it with Ceph alive: a PVC from the snapshot (a clone of the RBD snapshot)"
-run velero restore create "r-$ns" --from-backup "$backup" --features=EnableCSI --wait
+run velero restore create "r-$ns" --from-backup "$backup" --labels lifeboat.io/demo=true --features=EnableCSI --wait
 kubectl wait -n "$ns" --for=jsonpath='{.status.phase}'=Bound pvc/shop-db --timeout=120s >/dev/null
 run kubectl get pvc -n "$ns" shop-db
 got=$(sim sha256 "$ns/shop-db")

@@ -24,9 +24,6 @@ ROOK_SECRET=rook-csi-rbd-provisioner
 ROOK_CONFIGMAP=rook-ceph-csi-config
 REPO=$(cd "$HERE/../.." && pwd)
 
-# The controllers in start order; down.sh stops them in reverse.
-CONTROLLERS=(kube-controller-manager snapshot-controller lbcsi csi-provisioner csi-snapshotter velero)
-
 kubectl_() { "$LB_KUBECTL" "$@"; }
 
 # sa_kubeconfig NAME NAMESPACE SA: a kubeconfig (mode 600, never in argv or

@@ -218,7 +218,7 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 			ReadyToUse:                     &ready,
 			RestoreSize:                    qty,
 		}
-		vs, err = vss.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		_, err = vss.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
 		return err
 	})
 	if err != nil {

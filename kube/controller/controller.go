@@ -168,11 +168,18 @@ func (c *Controller) Run(ctx context.Context) error {
 // loadExported learns from the repository which snapshots are backed up
 // already, so neither a restart nor a new leader exports one twice.
 func (c *Controller) loadExported(ctx context.Context) error {
-	all, err := c.repo.Backups(ctx)
+	cat, err := c.repo.Backups(ctx, false)
 	c.objectstoreUp(err)
 	if err != nil {
 		return fmt.Errorf("listing the repository's backups: %w", err)
 	}
+	// A damaged backup is skipped: it counts neither as a snapshot's
+	// export nor as a backup the retention policy keeps.
+	c.metrics.Damaged.Set(float64(len(cat.Damaged)))
+	for _, d := range cat.Damaged {
+		slog.Warn("skipping a damaged backup", "backup", d.ID, "object", d.Object, "reason", d.Reason)
+	}
+	all := cat.Backups
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, s := range all {

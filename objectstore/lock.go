@@ -80,7 +80,7 @@ func (l Lock) String() string {
 // it counts as stale.
 func (r *Repository) Locks(ctx context.Context) ([]Lock, error) {
 	var names []string
-	err := r.be.List(ctx, locksPrefix, func(name string, _ int64) error {
+	err := r.list(ctx, locksPrefix, func(name string, _ int64) error {
 		names = append(names, name)
 		return nil
 	})

@@ -230,7 +230,7 @@ func (m *Manifest) checkDigest() error {
 // backupIDs lists the ids of all backups, in lexical (= time) order.
 func (r *Repository) backupIDs(ctx context.Context) ([]string, error) {
 	var ids []string
-	err := r.be.List(ctx, "backups/", func(name string, _ int64) error {
+	err := r.list(ctx, "backups/", func(name string, _ int64) error {
 		// Deeper names are not ours (Velero, sharing a bucket root, keeps
 		// backups/<name>/…): skip them rather than fail.
 		if id := strings.TrimPrefix(name, "backups/"); !strings.Contains(id, "/") {
@@ -345,7 +345,7 @@ func missingPage(pages []Page, have map[string]bool) string {
 // names lists the objects under prefix.
 func (r *Repository) names(ctx context.Context, prefix string) (map[string]bool, error) {
 	have := map[string]bool{}
-	err := r.be.List(ctx, prefix, func(name string, _ int64) error {
+	err := r.list(ctx, prefix, func(name string, _ int64) error {
 		have[name] = true
 		return nil
 	})

@@ -227,7 +227,7 @@ func (d *deleter) done(o doomed) {
 // counting those kept (and, once deleted, the others in count). Names
 // that are not nameOf their id are not ours: they are left alone.
 func (d *deleter) sweep(prefix string, nameOf func(ChunkID) string, keep map[ChunkID]struct{}, kept *int64, count *atomic.Int64) error {
-	return d.r.be.List(d.ctx, prefix, func(name string, size int64) error {
+	return d.r.list(d.ctx, prefix, func(name string, size int64) error {
 		id, err := ParseChunkID(path.Base(name))
 		if err != nil || name != nameOf(id) {
 			return nil

@@ -162,12 +162,15 @@ func (r *SnapshotReader) ReadChunks(ctx context.Context, bm Bitmap, parallel int
 	return orderedChunks(ctx, bm, r.Size, min(r.objSize, maxSpan), parallel, r.readChunk, fn)
 }
 
+// readChunk reads c, again if Ceph restarts under it (see retry).
 func (r *SnapshotReader) readChunk(c *Chunk) error {
-	n, err := r.ReadAt(c.Data, int64(c.Off))
-	if err != nil && n < len(c.Data) {
-		return fmt.Errorf("reading %s at offset %d: %w", r.Spec, c.Off, err)
-	}
-	return nil
+	return retry(r.Spec, func() error {
+		n, err := r.ReadAt(c.Data, int64(c.Off))
+		if err != nil && n < len(c.Data) {
+			return fmt.Errorf("reading %s at offset %d: %w", r.Spec, c.Off, err)
+		}
+		return nil
+	})
 }
 
 // ReadChunksFunc is ReadChunks for chunks that read fills in some other

@@ -95,7 +95,7 @@ so no volume loses its last one. --pvc and --velero-backup narrow the backups co
 // applyPolicy prints p's decisions on the selected backups and returns
 // the ids it forgets.
 func applyPolicy(cmd *cobra.Command, g *globals, repo *objectstore.Repository, p objectstore.Policy, pvc, velero string, dryRun bool) ([]string, error) {
-	cat, err := repo.Backups(cmd.Context(), false)
+	cat, err := repo.Backups(cmd.Context(), true)
 	if err != nil {
 		return nil, err
 	}

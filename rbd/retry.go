@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -35,7 +36,8 @@ func outage(err error) bool {
 
 // retry calls fn until it succeeds, fails with an error that is no
 // outage, or an outage outlasts RetryFor; where names what is read.
-func retry(where string, fn func() error) error {
+// waiting counts the calls retrying, for Cluster.Waiting.
+func retry(where string, waiting *atomic.Int64, fn func() error) error {
 	start, wait := time.Now(), retryBase
 	for {
 		err := fn()
@@ -46,6 +48,8 @@ func retry(where string, fn func() error) error {
 			return fmt.Errorf("%w: %w; gave up after retrying %s for %v", ErrUnreachable, err, where, time.Since(start).Round(time.Second))
 		}
 		if wait == retryBase {
+			waiting.Add(1)
+			defer waiting.Add(-1)
 			slog.Warn("Ceph did not answer a read: retrying", "image", where, "for", RetryFor, "err", err)
 		}
 		time.Sleep(wait/2 + rand.N(wait/2+1))

@@ -307,8 +307,10 @@ func (c *Controller) export(ctx context.Context, s kube.Snapshot) error {
 		}
 		c.metrics.Exports.WithLabelValues("failure").Inc()
 		c.objectstoreUp(err)
+		c.cephUp(ref.ClusterID, err)
 		return c.fail(ctx, s, err)
 	}
+	c.cephUp(ref.ClusterID, nil)
 	m := res.Manifest
 	c.mu.Lock()
 	c.exported[h] = m.ID
@@ -516,10 +518,12 @@ func (c *Controller) cephUp(cluster string, err error) {
 	}
 }
 
-// watchOutages reports S3 outages while they last: exports wait through
-// one (the repository retries for its window), so their result tells of
-// it only at the end. It sets lifeboat_objectstore_up and records an
-// Event on each snapshot being exported when S3 goes and comes back.
+// watchOutages reports S3 and Ceph outages while they last: exports wait
+// through one (the repository and the Ceph reads retry), so their result
+// tells of it only at the end. It sets lifeboat_objectstore_up and
+// lifeboat_ceph_up (a successful operation sets the latter back to 1) and
+// records an Event on each snapshot being exported when S3 goes and
+// comes back.
 func (c *Controller) watchOutages(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -529,6 +533,11 @@ func (c *Controller) watchOutages(ctx context.Context, every time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		for id, waiting := range c.bridge.Ceph.Waiting() {
+			if waiting {
+				c.metrics.CephUp.WithLabelValues(id).Set(0)
+			}
 		}
 		err, since := c.repo.Outage()
 		switch {

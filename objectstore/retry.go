@@ -99,8 +99,8 @@ func (r *Repository) window() time.Duration {
 // it returns fn's last error, and says how long it tried if it gave up
 // on an outage.
 func (r *Repository) retry(ctx context.Context, fn func() error) error {
-	start, wait := time.Now(), retryBase
-	for attempt := 1; ; attempt++ {
+	start, wait, others := time.Now(), retryBase, 0
+	for {
 		err := fn()
 		if err == nil {
 			if was := r.health.ok(); !was.IsZero() {
@@ -120,7 +120,7 @@ func (r *Repository) retry(ctx context.Context, fn func() error) error {
 				return fmt.Errorf("%w; gave up after retrying for %v (the retry window: --s3-retry-for, s3.retryFor)",
 					err, time.Since(start).Round(time.Second))
 			}
-		} else if attempt >= retryAttempts {
+		} else if others++; others >= retryAttempts {
 			return err
 		}
 		// Full jitter keeps parallel uploads from retrying in lockstep;

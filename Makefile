@@ -36,9 +36,13 @@ vet:
 	$(GO) vet -tags '$(GO_TAGS)' ./...
 	$(GO) vet -tags 'e2e $(GO_TAGS)' ./test/e2e/
 
-## fuzz: the handle decoder's fuzz target for $(FUZZTIME)
+## fuzz: every fuzz target for $(FUZZTIME) each: the handle decoder, and the decoders of what
+## comes from S3 (config, manifest v1-v3, extents page, lock, chunk; seeds in objectstore/testdata/fuzz)
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME) ./rbd/handle/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./rbd/handle/
+	for f in FuzzConfig FuzzManifest FuzzPage FuzzLock FuzzChunk; do \
+		$(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./objectstore/ || exit 1; \
+	done
 
 ## demo: start the stack, make a volume and Velero-style snapshots, resolve and verify them
 demo: stack-up build

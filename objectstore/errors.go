@@ -47,6 +47,9 @@ var (
 	ErrCredentials = errors.New("S3 rejected the credentials")
 	// ErrUnreachable: the S3 endpoint could not be reached in time.
 	ErrUnreachable = errors.New("S3 endpoint unreachable")
+	// ErrUnavailable: S3 answered that it cannot serve now (5xx, 429,
+	// SlowDown): retried like ErrUnreachable.
+	ErrUnavailable = errors.New("S3 service unavailable")
 	// ErrNoBucket: the bucket does not exist.
 	ErrNoBucket = errors.New("S3 bucket does not exist")
 )

@@ -226,3 +226,9 @@ func asV2(t testing.TB, r *Repository, m *Manifest) *Manifest {
 	v2.Version, v2.Pages, v2.Extents = 2, nil, extentsOf(t, r, m)
 	return &v2
 }
+
+// summaries lists the readable backups.
+func summaries(ctx context.Context, r *Repository) ([]Summary, error) {
+	cat, err := r.Backups(ctx, false)
+	return cat.Backups, err
+}

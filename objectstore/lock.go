@@ -80,7 +80,7 @@ func (l Lock) String() string {
 // it counts as stale.
 func (r *Repository) Locks(ctx context.Context) ([]Lock, error) {
 	var names []string
-	err := r.be.List(ctx, locksPrefix, func(name string, _ int64) error {
+	err := r.list(ctx, locksPrefix, func(name string, _ int64) error {
 		names = append(names, name)
 		return nil
 	})
@@ -315,9 +315,17 @@ func (h *heldLock) release() {
 
 // remove deletes the lock object, with a context of its own: release
 // also runs after the caller's context was cancelled.
+// In an outage it tries once, so that a process that gave up on S3 exits
+// promptly: a lock left behind goes stale and prune removes it.
 func (h *heldLock) remove() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	if err, _ := h.r.Outage(); err != nil {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		_ = h.r.be.Delete(ctx, h.lock.Name)
+		return
+	}
 	_ = h.r.delete(ctx, h.lock.Name)
 }
 

@@ -138,9 +138,12 @@ func (r *Repository) stillThere(ctx context.Context, id string) error {
 	return nil
 }
 
+// summary lets loadManifest check the Summary of whatever it decodes into.
+func (s *Summary) summary() *Summary { return s }
+
 // loadManifest decodes backup id into v, a *Manifest or a *Summary (which
-// skips the extents).
-func (r *Repository) loadManifest(ctx context.Context, id string, v any) error {
+// skips the extents), or a struct embedding a Summary.
+func (r *Repository) loadManifest(ctx context.Context, id string, v interface{ summary() *Summary }) error {
 	if id == "" || strings.ContainsAny(id, "/\\") || strings.Contains(id, "..") {
 		return fmt.Errorf("%w: %q is not a backup id", ErrBackupNotFound, id)
 	}
@@ -156,13 +159,7 @@ func (r *Repository) loadManifest(ctx context.Context, id string, v any) error {
 	if err != nil {
 		return fmt.Errorf("backup %s: %w", id, err)
 	}
-	var s *Summary
-	switch v := v.(type) {
-	case *Manifest:
-		s = &v.Summary
-	case *Summary:
-		s = v
-	}
+	s := v.summary()
 	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("%w: backup %s: %v", ErrCorrupt, id, err)
 	}
@@ -233,7 +230,7 @@ func (m *Manifest) checkDigest() error {
 // backupIDs lists the ids of all backups, in lexical (= time) order.
 func (r *Repository) backupIDs(ctx context.Context) ([]string, error) {
 	var ids []string
-	err := r.be.List(ctx, "backups/", func(name string, _ int64) error {
+	err := r.list(ctx, "backups/", func(name string, _ int64) error {
 		// Deeper names are not ours (Velero, sharing a bucket root, keeps
 		// backups/<name>/…): skip them rather than fail.
 		if id := strings.TrimPrefix(name, "backups/"); !strings.Contains(id, "/") {
@@ -247,14 +244,54 @@ func (r *Repository) backupIDs(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
-// Backups returns the summaries of all backups, oldest first. It reads
-// every manifest (a few parallel GETs), so it costs O(total manifest size).
-func (r *Repository) Backups(ctx context.Context) ([]Summary, error) {
+// Damaged names a backup that cannot be read as it was written: its
+// manifest fails authentication or decoding, or an object it lists is
+// missing. One such backup never hides the others.
+type Damaged struct {
+	ID     string `json:"id"`
+	Object string `json:"object"` // the damaged or missing object
+	Reason string `json:"reason"`
+}
+
+// damage tells errors that say a stored object is damaged, missing from a
+// backup that lists it, or of a newer format (unreadable here, so as good
+// as damaged to this build) from failures to reach the repository.
+func damage(err error) bool {
+	var pe *PageError
+	var ce *ChunkError
+	return errors.Is(err, ErrCorrupt) || errors.Is(err, ErrChecksumMismatch) || errors.Is(err, ErrIncompatible) ||
+		(errors.As(err, &pe) || errors.As(err, &ce)) && errors.Is(err, ErrNotFound)
+}
+
+// Catalog is what Backups found: the readable backups, oldest first, and
+// the damaged ones.
+type Catalog struct {
+	Backups []Summary
+	Damaged []Damaged
+}
+
+// Backups reads every manifest (a few parallel GETs, so it costs
+// O(total manifest size)) and returns the readable backups and the
+// damaged ones apart: a damaged manifest does not stop the listing. With
+// pages, it also lists the extents pages (one LIST, about one page per 8
+// GiB of a backup's data) and counts a backup that lists a missing one as
+// damaged. An error means the repository could not be read at all.
+func (r *Repository) Backups(ctx context.Context, pages bool) (Catalog, error) {
 	ids, err := r.backupIDs(ctx)
 	if err != nil {
-		return nil, err
+		return Catalog{}, err
 	}
-	out := make([]Summary, len(ids))
+	var have map[string]bool
+	if pages {
+		if have, err = r.names(ctx, "pages/"); err != nil {
+			return Catalog{}, err
+		}
+	}
+	type listed struct {
+		Summary
+		Pages []Page `json:"pages,omitempty"`
+	}
+	got := make([]listed, len(ids))
 	errs := make([]error, len(ids))
 	sem := make(chan struct{}, 8)
 	var wg sync.WaitGroup
@@ -263,29 +300,71 @@ func (r *Repository) Backups(ctx context.Context) ([]Summary, error) {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			errs[i] = r.loadManifest(ctx, id, &out[i])
+			errs[i] = r.loadManifest(ctx, id, &got[i])
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
+	var cat Catalog
+	for i, id := range ids {
+		err := errs[i]
+		switch {
+		case errors.Is(err, ErrBackupNotFound):
+			continue // forgotten since the listing
+		case err != nil && !damage(err):
+			return Catalog{}, err
+		case err != nil:
+			cat.Damaged = append(cat.Damaged, Damaged{ID: id, Object: manifestName(id), Reason: err.Error()})
+			continue
+		}
+		if p := missingPage(got[i].Pages, have); p != "" {
+			cat.Damaged = append(cat.Damaged, Damaged{ID: id, Object: p, Reason: fmt.Sprintf("backup %s: extents page %s is missing", id, p)})
+			continue
+		}
+		cat.Backups = append(cat.Backups, got[i].Summary)
 	}
-	slices.SortFunc(out, func(a, b Summary) int {
+	slices.SortFunc(cat.Backups, func(a, b Summary) int {
 		if c := a.Created.Compare(b.Created); c != 0 {
 			return c
 		}
 		return strings.Compare(a.ID, b.ID)
 	})
-	return out, nil
+	return cat, nil
 }
 
-// FindLatest returns the newest backup whose summary satisfies filter
-// (typically: same source image), or nil and no error if there is none.
+// missingPage is the name of the first of pages not in have (nil: none
+// is checked).
+func missingPage(pages []Page, have map[string]bool) string {
+	for _, p := range pages {
+		if name := pageName(p.ID); have != nil && !have[name] {
+			return name
+		}
+	}
+	return ""
+}
+
+// names lists the objects under prefix.
+func (r *Repository) names(ctx context.Context, prefix string) (map[string]bool, error) {
+	have := map[string]bool{}
+	err := r.list(ctx, prefix, func(name string, _ int64) error {
+		have[name] = true
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing %s at %s: %w", prefix, r.be, err)
+	}
+	return have, nil
+}
+
+// FindLatest returns the newest readable backup whose summary satisfies
+// filter (typically: same source image), or nil and no error if there is
+// none. A damaged manifest is passed over: an older parent costs only
+// more reading.
 func (r *Repository) FindLatest(ctx context.Context, filter func(*Summary) bool) (*Manifest, error) {
-	all, err := r.Backups(ctx)
+	cat, err := r.Backups(ctx, false)
 	if err != nil {
 		return nil, err
 	}
+	all := cat.Backups
 	for i := len(all) - 1; i >= 0; i-- {
 		if filter(&all[i]) {
 			return r.LoadBackup(ctx, all[i].ID)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -115,33 +116,49 @@ func lostOr(h *heldLock, err error) error {
 }
 
 // referenced reads every backup's extents and returns the chunks and
-// pages they reference, and how many backups there are.
+// pages they reference, and how many backups there are. It reads them
+// all even past a damaged one, so that its error names every backup that
+// keeps a prune from deleting.
 func (r *Repository) referenced(ctx context.Context) (map[ChunkID]struct{}, map[ChunkID]struct{}, int, error) {
 	ids, err := r.backupIDs(ctx)
 	if err != nil {
 		return nil, nil, 0, err
 	}
 	chunks, pages := map[ChunkID]struct{}{}, map[ChunkID]struct{}{}
+	var damaged []string
 	for _, id := range ids {
-		m, err := r.LoadBackup(ctx, id)
-		if errors.Is(err, ErrBackupNotFound) {
+		err := r.reference(ctx, id, chunks, pages)
+		switch {
+		case errors.Is(err, ErrBackupNotFound):
 			continue // forgotten since the listing
-		}
-		if err != nil {
-			return nil, nil, 0, fmt.Errorf("nothing deleted: backup %s cannot be read, so what it references is unknown (forget it, or fix it, first): %w", id, err)
-		}
-		for _, p := range m.Pages {
-			pages[p.ID] = struct{}{}
-		}
-		x := r.Extents(ctx, m)
-		for e, ok := x.Next(); ok; e, ok = x.Next() {
-			chunks[e.ID] = struct{}{}
-		}
-		if err := x.Err(); err != nil {
-			return nil, nil, 0, fmt.Errorf("nothing deleted: the chunk list of backup %s cannot be read (forget it, or fix it, first): %w", id, err)
+		case err != nil && damage(err):
+			damaged = append(damaged, fmt.Sprintf("%s (%v)", id, err))
+		case err != nil:
+			return nil, nil, 0, fmt.Errorf("nothing deleted: reading backup %s: %w", id, err)
 		}
 	}
+	if len(damaged) > 0 {
+		return nil, nil, 0, fmt.Errorf("nothing deleted: %d backups cannot be read, so what they reference is unknown "+
+			"(forget them with backups forget --force, or restore the objects, first): %s: %w",
+			len(damaged), strings.Join(damaged, "; "), ErrCorrupt)
+	}
 	return chunks, pages, len(ids), nil
+}
+
+// reference adds the chunks and pages of backup id to chunks and pages.
+func (r *Repository) reference(ctx context.Context, id string, chunks, pages map[ChunkID]struct{}) error {
+	m, err := r.LoadBackup(ctx, id)
+	if err != nil {
+		return err
+	}
+	for _, p := range m.Pages {
+		pages[p.ID] = struct{}{}
+	}
+	x := r.Extents(ctx, m)
+	for e, ok := x.Next(); ok; e, ok = x.Next() {
+		chunks[e.ID] = struct{}{}
+	}
+	return x.Err()
 }
 
 // deleter deletes objects on a few goroutines; the first error stops it.
@@ -210,7 +227,7 @@ func (d *deleter) done(o doomed) {
 // counting those kept (and, once deleted, the others in count). Names
 // that are not nameOf their id are not ours: they are left alone.
 func (d *deleter) sweep(prefix string, nameOf func(ChunkID) string, keep map[ChunkID]struct{}, kept *int64, count *atomic.Int64) error {
-	return d.r.be.List(d.ctx, prefix, func(name string, size int64) error {
+	return d.r.list(d.ctx, prefix, func(name string, size int64) error {
 		id, err := ParseChunkID(path.Base(name))
 		if err != nil || name != nameOf(id) {
 			return nil

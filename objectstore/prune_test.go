@@ -174,7 +174,7 @@ func TestExportWhoseLockWasRemovedDoesNotCommit(t *testing.T) {
 	if _, err := w.Commit(ctx); !errors.Is(err, ErrLockLost) {
 		t.Fatalf("Commit without its lock: %v", err)
 	}
-	if list, _ := r.Backups(ctx); len(list) != 0 {
+	if list, _ := summaries(ctx, r); len(list) != 0 {
 		t.Fatal("a backup was committed without its lock")
 	}
 }
@@ -251,7 +251,7 @@ func TestStalledExportCannotCommit(t *testing.T) {
 	if _, err := w.Commit(ctx); !errors.Is(err, ErrLockLost) {
 		t.Fatalf("Commit of the stalled export: %v", err)
 	}
-	if list, _ := r.Backups(ctx); len(list) != 0 {
+	if list, _ := summaries(ctx, r); len(list) != 0 {
 		t.Fatal("a backup whose chunk was pruned was committed")
 	}
 	if locks := objects(t, be, locksPrefix); len(locks) != 0 {

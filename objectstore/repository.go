@@ -43,9 +43,11 @@ type Config struct {
 
 // Repository is an open repository. Its methods are safe for concurrent use.
 type Repository struct {
-	be   Backend
-	cfg  Config
-	keys *keys // nil when not encrypted
+	be       Backend
+	cfg      Config
+	keys     *keys         // nil when not encrypted
+	retryFor time.Duration // see SetRetryFor
+	health   health
 }
 
 // InitOptions configure a new repository.

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -185,6 +186,9 @@ func (s *S3) wrap(op, name string, err error) error {
 		return fmt.Errorf("%s %s: %w for bucket %q at endpoint %s (%s): check AWS_ACCESS_KEY_ID and "+
 			"AWS_SECRET_ACCESS_KEY, and that this user may read and write the bucket",
 			op, where, ErrCredentials, s.bucket, s.endpoint, resp.Code)
+	case resp.StatusCode >= 500 || resp.StatusCode == 429 || resp.Code == "SlowDown" || resp.Code == "SlowDownWrite" ||
+		resp.Code == "SlowDownRead" || resp.Code == "ServiceUnavailable" || resp.Code == "XMinioServerNotInitialized":
+		return fmt.Errorf("%s %s: %w (%s %d): %w", op, where, ErrUnavailable, resp.Code, resp.StatusCode, err)
 	case resp.Code == "" && unreachable(err):
 		return fmt.Errorf("%s %s: %w: %w (check the endpoint address and the network path to it)",
 			op, where, ErrUnreachable, err)
@@ -194,10 +198,14 @@ func (s *S3) wrap(op, name string, err error) error {
 
 // unreachable tells transport failures (refused, no route, DNS, timeouts)
 // from S3 answering with an error.
+// A body cut short (the server went away mid-answer) counts as a
+// transport failure too.
 func unreachable(err error) bool {
 	var ne net.Error
 	var ue *url.Error
-	return errors.As(err, &ne) || errors.As(err, &ue) || errors.Is(err, context.DeadlineExceeded)
+	return errors.As(err, &ne) || errors.As(err, &ue) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.EPIPE)
 }
 
 func (s *S3) Put(ctx context.Context, name string, data []byte) error {

@@ -200,7 +200,7 @@ func TestManifestInvisibleBeforeCommit(t *testing.T) {
 	w, _ := r.NewBackup(ctx, BackupOptions{Size: int64(len(img))})
 	w.Write(ctx, 0, img[:testChunk])
 	w.Write(ctx, testChunk, img[testChunk:])
-	if list, err := r.Backups(ctx); err != nil || len(list) != 0 {
+	if list, err := summaries(ctx, r); err != nil || len(list) != 0 {
 		t.Fatalf("before Commit: %d backups listed (%v)", len(list), err)
 	}
 	if _, err := r.LoadBackup(ctx, w.ID()); !errors.Is(err, ErrBackupNotFound) {
@@ -210,11 +210,11 @@ func TestManifestInvisibleBeforeCommit(t *testing.T) {
 	if _, err := w.Commit(ctx); err == nil {
 		t.Fatal("Commit after Abort succeeded")
 	}
-	if list, _ := r.Backups(ctx); len(list) != 0 {
+	if list, _ := summaries(ctx, r); len(list) != 0 {
 		t.Fatal("aborted backup is listed")
 	}
 	m := backup(t, r, img, BackupOptions{})
-	if list, _ := r.Backups(ctx); len(list) != 1 || list[0].ID != m.ID {
+	if list, _ := summaries(ctx, r); len(list) != 1 || list[0].ID != m.ID {
 		t.Fatalf("after Commit: %+v", list)
 	}
 }

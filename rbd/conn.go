@@ -69,7 +69,14 @@ type Cluster struct {
 	Config ClusterConfig
 	FSID   string
 	conn   *rados.Conn
+	// waiting counts reads retrying after a timeout right now (see
+	// retry): the cluster is in an outage while it is above zero.
+	waiting atomic.Int64
 }
+
+// Waiting reports whether reads on this connection are waiting for Ceph
+// to answer again (an OSD or monitor restart).
+func (c *Cluster) Waiting() bool { return c.waiting.Load() > 0 }
 
 // opened counts connections ever made by this process, so tests and
 // benchmarks can prove connections are reused.
@@ -249,6 +256,20 @@ func (r *Registry) Forget(clusterID string) {
 	if slot != nil && slot.c != nil {
 		slot.c.Close()
 	}
+}
+
+// Waiting returns the ids of the clusters whose connection has reads
+// waiting for Ceph to answer again.
+func (r *Registry) Waiting() map[string]bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]bool{}
+	for id, slot := range r.clusters {
+		if slot.c != nil {
+			out[id] = slot.c.Waiting()
+		}
+	}
+	return out
 }
 
 // Close shuts every connection down.

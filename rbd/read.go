@@ -29,6 +29,7 @@ type SnapshotReader struct {
 	img     *librbd.Image
 	ioctx   *rados.IOContext
 	read    atomic.Uint64 // bytes read from Ceph
+	cl      *Cluster
 }
 
 // BytesRead is how many bytes were read from Ceph so far.
@@ -61,7 +62,7 @@ func (c *Cluster) OpenSnapshot(pool, namespace, image, snap string) (*SnapshotRe
 		ioctx.Destroy()
 		return nil, fmt.Errorf("layout of %s: %w", spec, err)
 	}
-	return &SnapshotReader{Spec: spec, Size: size, objSize: info.Obj_size, snap: snap, img: img, ioctx: ioctx}, nil
+	return &SnapshotReader{Spec: spec, Size: size, objSize: info.Obj_size, snap: snap, img: img, ioctx: ioctx, cl: c}, nil
 }
 
 // Close releases the image.
@@ -162,12 +163,15 @@ func (r *SnapshotReader) ReadChunks(ctx context.Context, bm Bitmap, parallel int
 	return orderedChunks(ctx, bm, r.Size, min(r.objSize, maxSpan), parallel, r.readChunk, fn)
 }
 
+// readChunk reads c, again if Ceph restarts under it (see retry).
 func (r *SnapshotReader) readChunk(c *Chunk) error {
-	n, err := r.ReadAt(c.Data, int64(c.Off))
-	if err != nil && n < len(c.Data) {
-		return fmt.Errorf("reading %s at offset %d: %w", r.Spec, c.Off, err)
-	}
-	return nil
+	return retry(r.Spec, &r.cl.waiting, func() error {
+		n, err := r.ReadAt(c.Data, int64(c.Off))
+		if err != nil && n < len(c.Data) {
+			return fmt.Errorf("reading %s at offset %d: %w", r.Spec, c.Off, err)
+		}
+		return nil
+	})
 }
 
 // ReadChunksFunc is ReadChunks for chunks that read fills in some other

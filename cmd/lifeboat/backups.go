@@ -24,21 +24,18 @@ func newBackupsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			all, err := repo.Backups(cmd.Context())
+			cat, err := repo.Backups(cmd.Context(), true)
 			if err != nil {
 				return err
 			}
-			out := selectBackups(all, pvc, velero)
-			if ok, err := printStructured(cmd.OutOrStdout(), g.output, out); ok {
+			if err := printList(cmd, g, selectBackups(cat.Backups, pvc, velero), cat.Damaged); err != nil {
 				return err
 			}
-			w := newTable(cmd.OutOrStdout())
-			row(w, "ID", "CREATED", "PVC", "VELERO BACKUP", "SOURCE", "SIZE", "NEW", "STORED")
-			for _, s := range out {
-				row(w, s.ID, s.Created.Format("2006-01-02 15:04:05"), s.Source[backup.KeyPVC], s.Source[backup.KeyVeleroBackup],
-					sourceSpec(s), bytesIEC(uint64(s.Size)), bytesIEC(uint64(s.Stats.BytesNew)), bytesIEC(uint64(s.Stats.BytesStored)))
+			if len(cat.Damaged) > 0 {
+				warnDamaged(cmd, cat.Damaged)
+				return errProblems
 			}
-			return w.Flush()
+			return nil
 		},
 	}
 	addRepoFlags(list, rf)
@@ -71,6 +68,50 @@ func newBackupsCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// listRow is one line of `backups list -o json`: a backup, or a damaged
+// one (only its id, the object and the reason are known).
+type listRow struct {
+	objectstore.Summary
+	State  string `json:"state"` // ok or damaged
+	Object string `json:"object,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// printList prints the readable backups, oldest first, then the damaged
+// ones (which no filter can select: what they are of is unknown).
+func printList(cmd *cobra.Command, g *globals, ok []objectstore.Summary, damaged []objectstore.Damaged) error {
+	rows := []listRow{}
+	for _, s := range ok {
+		rows = append(rows, listRow{Summary: s, State: "ok"})
+	}
+	for _, d := range damaged {
+		rows = append(rows, listRow{Summary: objectstore.Summary{ID: d.ID}, State: "damaged", Object: d.Object, Reason: d.Reason})
+	}
+	if done, err := printStructured(cmd.OutOrStdout(), g.output, rows); done {
+		return err
+	}
+	w := newTable(cmd.OutOrStdout())
+	row(w, "ID", "STATE", "CREATED", "PVC", "VELERO BACKUP", "SOURCE", "SIZE", "NEW", "STORED")
+	for _, r := range rows {
+		if r.State == "damaged" {
+			row(w, r.ID, r.State, "", "", "", r.Reason, "", "", "")
+			continue
+		}
+		row(w, r.ID, r.State, r.Created.Format("2006-01-02 15:04:05"), r.Source[backup.KeyPVC], r.Source[backup.KeyVeleroBackup],
+			sourceSpec(r.Summary), bytesIEC(uint64(r.Size)), bytesIEC(uint64(r.Stats.BytesNew)), bytesIEC(uint64(r.Stats.BytesStored)))
+	}
+	return w.Flush()
+}
+
+// warnDamaged names the damaged backups on stderr and says what to do.
+func warnDamaged(cmd *cobra.Command, damaged []objectstore.Damaged) {
+	for _, d := range damaged {
+		fmt.Fprintf(cmd.ErrOrStderr(), "damaged backup %s: %s\n", d.ID, d.Reason)
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "%d damaged backups skipped: restore their objects from a copy, or `backups forget --force` them "+
+		"(repo prune deletes nothing while one is there)\n", len(damaged))
+}
+
 // selectBackups returns those of all made of PVC pvc and for Velero
 // backup velero ("": any).
 func selectBackups(all []objectstore.Summary, pvc, velero string) []objectstore.Summary {
@@ -86,7 +127,7 @@ func selectBackups(all []objectstore.Summary, pvc, velero string) []objectstore.
 // checkResult is one line of `backups check -o json`.
 type checkResult struct {
 	ID     string `json:"id"`
-	Status string `json:"status"` // OK or Damaged
+	Status string `json:"status"` // OK, Damaged, or Unreadable (a newer format)
 	Error  string `json:"error,omitempty"`
 }
 
@@ -108,18 +149,25 @@ func newBackupsCheckCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if all {
-				list, err := repo.Backups(cmd.Context())
+				// Damaged ones too: checking each names what is damaged in it.
+				cat, err := repo.Backups(cmd.Context(), false)
 				if err != nil {
 					return err
 				}
-				for _, s := range list {
+				for _, s := range cat.Backups {
 					ids = append(ids, s.ID)
+				}
+				for _, d := range cat.Damaged {
+					ids = append(ids, d.ID)
 				}
 			}
 			results := []checkResult{}
 			damaged := 0
 			for _, id := range ids {
 				res, err := checkBackup(cmd.Context(), repo, id, rf.parallel)
+				if all && errors.Is(err, objectstore.ErrBackupNotFound) {
+					continue // forgotten since the listing
+				}
 				if err != nil {
 					return err
 				}
@@ -168,6 +216,8 @@ func checkBackup(ctx context.Context, repo *objectstore.Repository, id string, p
 	case errors.Is(err, objectstore.ErrCorrupt) || errors.Is(err, objectstore.ErrChecksumMismatch) ||
 		(errors.As(err, &ce) || errors.As(err, &pe)) && errors.Is(err, objectstore.ErrNotFound):
 		return checkResult{ID: id, Status: "Damaged", Error: err.Error()}, nil
+	case errors.Is(err, objectstore.ErrIncompatible):
+		return checkResult{ID: id, Status: "Unreadable", Error: err.Error()}, nil
 	}
 	return checkResult{}, fmt.Errorf("checking backup %s: %w", id, err)
 }

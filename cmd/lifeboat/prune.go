@@ -95,11 +95,15 @@ so no volume loses its last one. --pvc and --velero-backup narrow the backups co
 // applyPolicy prints p's decisions on the selected backups and returns
 // the ids it forgets.
 func applyPolicy(cmd *cobra.Command, g *globals, repo *objectstore.Repository, p objectstore.Policy, pvc, velero string, dryRun bool) ([]string, error) {
-	all, err := repo.Backups(cmd.Context())
+	cat, err := repo.Backups(cmd.Context(), true)
 	if err != nil {
 		return nil, err
 	}
-	decisions := p.Apply(selectBackups(all, pvc, velero), backup.Volume, backup.Taken)
+	if len(cat.Damaged) > 0 {
+		// Never counted as kept: the policy keeps intact ones in its place.
+		warnDamaged(cmd, cat.Damaged)
+	}
+	decisions := p.Apply(selectBackups(cat.Backups, pvc, velero), backup.Volume, backup.Taken)
 	var forget []string
 	for _, d := range decisions {
 		if !d.Keep {

@@ -27,6 +27,7 @@ type fileConfig struct {
 		CAFile       string `json:"caFile"`
 		PathStyle    bool   `json:"pathStyle"`
 		CreateBucket bool   `json:"createBucket"`
+		RetryFor     string `json:"retryFor"`
 	} `json:"s3"`
 	EncryptionKeyFile string      `json:"encryptionKeyFile"`
 	Parallel          int         `json:"parallel"`
@@ -84,11 +85,12 @@ type repoFlags struct {
 	s3       objectstore.S3Config
 	keyFile  string
 	parallel int
+	retryFor time.Duration
 }
 
 func addRepoFlags(cmd *cobra.Command, r *repoFlags) {
 	f := cmd.Flags()
-	f.StringVar(&r.config, "config", "", "YAML file with s3.{endpoint,bucket,prefix,region,caFile,pathStyle,createBucket}, encryptionKeyFile, parallel")
+	f.StringVar(&r.config, "config", "", "YAML file with s3.{endpoint,bucket,prefix,region,caFile,pathStyle,createBucket,retryFor}, encryptionKeyFile, parallel")
 	f.StringVar(&r.s3.Endpoint, "s3-endpoint", "", "S3 endpoint URL, e.g. https://s3.example.com:9000")
 	f.StringVar(&r.s3.Bucket, "s3-bucket", "", "S3 bucket of the backup repository")
 	f.StringVar(&r.s3.Prefix, "s3-prefix", "", "folder inside the bucket (several repositories can share a bucket)")
@@ -98,6 +100,8 @@ func addRepoFlags(cmd *cobra.Command, r *repoFlags) {
 	f.BoolVar(&r.s3.CreateBucket, "s3-create-bucket", false, "create the bucket if it is missing")
 	f.StringVar(&r.keyFile, "encryption-key-file", "", "file holding the repository's encryption key (trailing newline ignored); losing it loses the backups")
 	f.IntVar(&r.parallel, "parallel", 0, "chunks read, uploaded or written at once (default 8)")
+	f.DurationVar(&r.retryFor, "s3-retry-for", objectstore.DefaultRetryFor,
+		"how long to retry S3 requests while it is unreachable or answers 5xx or SlowDown, before giving up")
 }
 
 // resolve merges the --config file under the flags, and the credentials
@@ -133,6 +137,13 @@ func (r *repoFlags) resolve(cmd *cobra.Command) error {
 		if !cmd.Flags().Changed("parallel") && fc.Parallel > 0 {
 			r.parallel = fc.Parallel
 		}
+		if !cmd.Flags().Changed("s3-retry-for") && fc.S3.RetryFor != "" {
+			d, err := time.ParseDuration(fc.S3.RetryFor)
+			if err != nil {
+				return fmt.Errorf("--config %s: s3.retryFor %q: %v (e.g. 5m)", r.config, fc.S3.RetryFor, err)
+			}
+			r.retryFor = d
+		}
 	}
 	if r.s3.Endpoint == "" || r.s3.Bucket == "" {
 		return fmt.Errorf("no backup repository: set --s3-endpoint and --s3-bucket (or s3.endpoint and s3.bucket in --config)")
@@ -144,6 +155,9 @@ func (r *repoFlags) resolve(cmd *cobra.Command) error {
 	}
 	if r.parallel < 0 {
 		return fmt.Errorf("--parallel must be positive")
+	}
+	if r.retryFor <= 0 {
+		return fmt.Errorf("--s3-retry-for (s3.retryFor) must be positive")
 	}
 	return nil
 }
@@ -188,7 +202,12 @@ func (r *repoFlags) open(ctx context.Context, cmd *cobra.Command) (*objectstore.
 	if err != nil {
 		return nil, err
 	}
-	return objectstore.Open(ctx, be, key)
+	repo, err := objectstore.Open(ctx, be, key)
+	if err != nil {
+		return nil, err
+	}
+	repo.SetRetryFor(r.retryFor)
+	return repo, nil
 }
 
 func newRepoCmd(g *globals) *cobra.Command {

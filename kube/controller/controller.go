@@ -95,6 +95,9 @@ type Controller struct {
 	// read from the repository once, then kept up to date, so that an
 	// export does not read every manifest again.
 	volumes map[string][]objectstore.Summary
+	// exporting are the snapshots being exported, by content name: told
+	// by an Event when S3 goes away and comes back under them.
+	exporting map[string]kube.Snapshot
 }
 
 // New builds a controller; Run starts it.
@@ -102,7 +105,8 @@ func New(cfg Config, k *kube.Clients, b *bridge.Bridge, repo *objectstore.Reposi
 	if cfg.Workers < 1 {
 		cfg.Workers = 1
 	}
-	c := &Controller{cfg: cfg, kube: k, bridge: b, repo: repo, metrics: m, exported: map[string]string{}}
+	c := &Controller{cfg: cfg, kube: k, bridge: b, repo: repo, metrics: m, exported: map[string]string{},
+		exporting: map[string]kube.Snapshot{}}
 	if cfg.Retention != nil {
 		c.volumes = map[string][]objectstore.Summary{}
 	}
@@ -159,6 +163,8 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); c.verifyLoop(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); c.watchOutages(ctx, 2*time.Second) }()
 	<-ctx.Done()
 	c.queue.ShutDown()
 	wg.Wait()
@@ -168,11 +174,18 @@ func (c *Controller) Run(ctx context.Context) error {
 // loadExported learns from the repository which snapshots are backed up
 // already, so neither a restart nor a new leader exports one twice.
 func (c *Controller) loadExported(ctx context.Context) error {
-	all, err := c.repo.Backups(ctx)
+	cat, err := c.repo.Backups(ctx, true)
 	c.objectstoreUp(err)
 	if err != nil {
 		return fmt.Errorf("listing the repository's backups: %w", err)
 	}
+	// A damaged backup is skipped: it counts neither as a snapshot's
+	// export nor as a backup the retention policy keeps.
+	c.metrics.Damaged.Set(float64(len(cat.Damaged)))
+	for _, d := range cat.Damaged {
+		slog.Warn("skipping a damaged backup", "backup", d.ID, "object", d.Object, "reason", d.Reason)
+	}
+	all := cat.Backups
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, s := range all {
@@ -283,6 +296,10 @@ func (c *Controller) export(ctx context.Context, s kube.Snapshot) error {
 		return c.fail(ctx, s, err)
 	}
 	c.event(s, corev1.EventTypeNormal, "Exporting", "exporting %s to the repository", ref.Spec())
+	c.mu.Lock()
+	c.exporting[s.Content.Name] = s
+	c.mu.Unlock()
+	defer func() { c.mu.Lock(); delete(c.exporting, s.Content.Name); c.mu.Unlock() }()
 	res, err := backup.Export(ctx, c.repo, backup.CSISource(s, h, ref, cl), backup.Options{Parallel: c.cfg.Parallel})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -290,8 +307,10 @@ func (c *Controller) export(ctx context.Context, s kube.Snapshot) error {
 		}
 		c.metrics.Exports.WithLabelValues("failure").Inc()
 		c.objectstoreUp(err)
+		c.cephUp(ref.ClusterID, err)
 		return c.fail(ctx, s, err)
 	}
+	c.cephUp(ref.ClusterID, nil)
 	m := res.Manifest
 	c.mu.Lock()
 	c.exported[h] = m.ID
@@ -499,11 +518,56 @@ func (c *Controller) cephUp(cluster string, err error) {
 	}
 }
 
+// watchOutages reports S3 and Ceph outages while they last: exports wait
+// through one (the repository and the Ceph reads retry), so their result
+// tells of it only at the end. It sets lifeboat_objectstore_up and
+// lifeboat_ceph_up (a successful operation sets the latter back to 1) and
+// records an Event on each snapshot being exported when S3 goes and
+// comes back.
+func (c *Controller) watchOutages(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	down := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for id, waiting := range c.bridge.Ceph.Waiting() {
+			if waiting {
+				c.metrics.CephUp.WithLabelValues(id).Set(0)
+			}
+		}
+		err, since := c.repo.Outage()
+		switch {
+		case err != nil && !down:
+			down = true
+			c.metrics.ObjectstoreUp.Set(0)
+			c.eventExporting(corev1.EventTypeWarning, "ObjectStoreUnavailable",
+				"the S3 repository is unavailable since %s; the export waits and retries: %v", since.UTC().Format(time.RFC3339), err)
+		case err == nil && down:
+			down = false
+			c.metrics.ObjectstoreUp.Set(1)
+			c.eventExporting(corev1.EventTypeNormal, "ObjectStoreAvailable", "the S3 repository answers again; the export goes on")
+		}
+	}
+}
+
+func (c *Controller) eventExporting(typ, reason, format string, args ...any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.exporting {
+		c.event(s, typ, reason, format, args...)
+	}
+}
+
 func (c *Controller) objectstoreUp(err error) {
 	switch {
 	case err == nil:
 		c.metrics.ObjectstoreUp.Set(1)
-	case errors.Is(err, objectstore.ErrUnreachable), errors.Is(err, objectstore.ErrCredentials), errors.Is(err, objectstore.ErrNoBucket):
+	case errors.Is(err, objectstore.ErrUnreachable), errors.Is(err, objectstore.ErrUnavailable),
+		errors.Is(err, objectstore.ErrCredentials), errors.Is(err, objectstore.ErrNoBucket):
 		c.metrics.ObjectstoreUp.Set(0)
 	}
 }

@@ -26,6 +26,7 @@ type Metrics struct {
 	VerifyProblems *prometheus.GaugeVec
 	CephUp         *prometheus.GaugeVec
 	ObjectstoreUp  prometheus.Gauge
+	Damaged        prometheus.Gauge
 	Leader         prometheus.Gauge
 }
 
@@ -60,10 +61,12 @@ func NewMetrics() *Metrics {
 		Help: "1 when the Ceph cluster answered the last operation, 0 when it did not."}, []string{"cluster"})
 	m.ObjectstoreUp = prometheus.NewGauge(prometheus.GaugeOpts{Name: "lifeboat_objectstore_up",
 		Help: "1 when the S3 repository answered the last operation, 0 when it did not."})
+	m.Damaged = prometheus.NewGauge(prometheus.GaugeOpts{Name: "lifeboat_repository_damaged_objects",
+		Help: "Backups whose manifest or extents page was damaged or missing when the agent read the repository at start; they are skipped."})
 	m.Leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "lifeboat_leader",
 		Help: "1 when this replica holds the leader lease and works, 0 on standby."})
 	for _, c := range []prometheus.Collector{m.Snapshots, m.OrphanImages, m.OrphanBytes, m.Exports, m.ExportBytes,
-		m.ExportDuration, m.ExportPaths, m.Fallbacks, m.Retention, m.LastExport, m.VerifyProblems, m.CephUp, m.ObjectstoreUp, m.Leader,
+		m.ExportDuration, m.ExportPaths, m.Fallbacks, m.Retention, m.LastExport, m.VerifyProblems, m.CephUp, m.ObjectstoreUp, m.Damaged, m.Leader,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

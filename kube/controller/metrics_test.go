@@ -29,7 +29,7 @@ func TestMetricsNamesAndZeros(t *testing.T) {
 	m := NewMetrics()
 	want := []string{"lifeboat_snapshots", "lifeboat_orphan_images", "lifeboat_orphan_bytes", "lifeboat_exports_total",
 		"lifeboat_export_bytes_total", "lifeboat_export_duration_seconds", "lifeboat_verify_problems",
-		"lifeboat_objectstore_up", "lifeboat_leader", "go_goroutines", "process_resident_memory_bytes"}
+		"lifeboat_objectstore_up", "lifeboat_repository_damaged_objects", "lifeboat_leader", "go_goroutines", "process_resident_memory_bytes"}
 	mfs, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)

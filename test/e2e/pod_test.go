@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -36,7 +37,10 @@ const podMetrics = "127.0.0.1:15290"
 //     configuration (the pod has no kubeconfig);
 //   - it verifies and exports a Velero-style snapshot and annotates it; the
 //     backup restores bit-exactly;
-//   - /metrics answers and parses;
+//   - /metrics answers and parses; a real Prometheus finds the pod through
+//     the Service's endpoints with the relabelling the ServiceMonitor implies,
+//     scrapes it and evaluates every alert of deploy/prometheusrule.yaml
+//     without an error (none firing);
 //   - with the agent frozen (SIGSTOP), readiness fails and liveness restarts
 //     the container, which gets Ready and leads again;
 //   - the prune CronJob, run once as a Job from the same image, prunes.
@@ -81,6 +85,7 @@ func TestPod(t *testing.T) {
 	restoreAndCompare(t, w, bucket, id, snap, "--encryption-key-file", keyFile)
 
 	t.Run("metrics", func(t *testing.T) { podCheckMetrics(t) })
+	t.Run("prometheus scrapes it", func(t *testing.T) { podPrometheus(t, node, pod) })
 	t.Run("probes fail and recover", func(t *testing.T) { podCheckProbes(t, admin, node, pod) })
 	t.Run("prune cronjob as a job", func(t *testing.T) { podRunPrune(t, admin, node) })
 	if t.Failed() {
@@ -419,4 +424,133 @@ func podLogOf(t *testing.T, node sim.Env, prefix, container string) string {
 
 func podLogs(t *testing.T, node sim.Env) {
 	t.Logf("agent container logs:\n%s", podLogOf(t, node, "lifeboat-", "lifeboat"))
+}
+
+// podPrometheus runs Prometheus (the node's build) with the scrape config the
+// Prometheus Operator generates for deploy/servicemonitor.yaml (endpoints
+// discovery in rook-ceph, the Service's labels, port "metrics", the target
+// labels, honor_labels) and deploy/prometheusrule.yaml's rules. One
+// addition for the test node: the address is rewritten to 127.0.0.1 (a
+// hostNetwork pod's endpoint is the Node's interface address; the agent
+// listens on loopback).
+func podPrometheus(t *testing.T, node sim.Env, pod *corev1.Pod) {
+	bin := node.Get("LIFEBOAT_NODE_PROMETHEUS")
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("no Prometheus binary (%v): test/node/install.sh prometheus builds it", err)
+	}
+	dir := t.TempDir()
+	_, spec, ok := strings.Cut(readFile(t, "../../deploy/prometheusrule.yaml"), "\nspec:\n")
+	if !ok {
+		t.Fatal("deploy/prometheusrule.yaml has no spec")
+	}
+	writeFile(t, filepath.Join(dir, "rules.yaml"), strings.ReplaceAll("\n"+spec, "\n  ", "\n"))
+	writeFile(t, filepath.Join(dir, "token"), env.Get("KUBE_ADMIN_TOKEN"))
+	writeFile(t, filepath.Join(dir, "prometheus.yaml"), fmt.Sprintf(`global: {scrape_interval: 2s, evaluation_interval: 2s}
+rule_files: [rules.yaml]
+scrape_configs:
+  - job_name: serviceMonitor/rook-ceph/lifeboat/0
+    honor_labels: true
+    scrape_interval: 2s
+    scrape_timeout: 1s
+    metrics_path: /metrics
+    kubernetes_sd_configs:
+      - role: endpoints
+        api_server: %q
+        namespaces: {names: [rook-ceph]}
+        tls_config: {ca_file: %q}
+        authorization: {credentials_file: token}
+    relabel_configs:
+      - {action: keep, source_labels: [__meta_kubernetes_service_label_app_kubernetes_io_name, __meta_kubernetes_service_labelpresent_app_kubernetes_io_name], regex: (lifeboat);true}
+      - {action: keep, source_labels: [__meta_kubernetes_service_label_app_kubernetes_io_component, __meta_kubernetes_service_labelpresent_app_kubernetes_io_component], regex: (agent);true}
+      - {action: keep, source_labels: [__meta_kubernetes_endpoint_port_name], regex: metrics}
+      - {source_labels: [__meta_kubernetes_namespace], target_label: namespace}
+      - {source_labels: [__meta_kubernetes_service_name], target_label: service}
+      - {source_labels: [__meta_kubernetes_pod_name], target_label: pod}
+      - {source_labels: [__meta_kubernetes_pod_container_name], target_label: container}
+      - {source_labels: [__meta_kubernetes_service_name], target_label: job}
+      - {target_label: endpoint, replacement: metrics}
+      - {source_labels: [__address__], regex: '.+:(\d+)', target_label: __address__, replacement: '127.0.0.1:$1'}
+`, env.Get("KUBE_APISERVER"), env.Get("KUBE_CA_FILE")))
+	addr := freePort(t)
+	cmd := exec.Command(bin, "--config.file", filepath.Join(dir, "prometheus.yaml"), "--web.listen-address", addr,
+		"--storage.tsdb.path", filepath.Join(dir, "data"), "--log.level", "warn")
+	cmd.Dir = dir
+	var log depLog
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("prometheus log:\n%s", log.String())
+		}
+	})
+	query := func(path string, v any) bool {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(v) == nil
+	}
+	var targets struct {
+		Data struct {
+			ActiveTargets []struct {
+				Labels map[string]string
+				Health string
+			}
+		}
+	}
+	waitFor(t, "Prometheus to scrape the pod", time.Minute, func() bool {
+		return query("/api/v1/targets", &targets) && len(targets.Data.ActiveTargets) == 1 &&
+			targets.Data.ActiveTargets[0].Health == "up"
+	})
+	got := targets.Data.ActiveTargets[0].Labels
+	want := map[string]string{"job": "lifeboat", "namespace": deployNS, "service": "lifeboat", "pod": pod.Name,
+		"container": "lifeboat", "endpoint": "metrics", "instance": podMetrics}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("target label %s = %q, want %q (all: %v)", k, got[k], v, got)
+		}
+	}
+	var leader struct {
+		Data struct {
+			Result []struct {
+				Metric map[string]string
+				Value  []any
+			}
+		}
+	}
+	waitFor(t, "lifeboat_leader in Prometheus", 30*time.Second, func() bool {
+		return query("/api/v1/query?query=lifeboat_leader", &leader) && len(leader.Data.Result) == 1
+	})
+	if r := leader.Data.Result[0]; r.Metric["pod"] != pod.Name || fmt.Sprint(r.Value[1]) != "1" {
+		t.Errorf("lifeboat_leader in Prometheus: %v %v, want 1 for pod %s", r.Metric, r.Value, pod.Name)
+	}
+	// Every alert evaluated (twice, after the scrape) without an error, none firing.
+	var rules struct {
+		Data struct {
+			Groups []struct {
+				Rules []struct {
+					Name, State, Health, LastError string
+				}
+			}
+		}
+	}
+	time.Sleep(5 * time.Second)
+	if !query("/api/v1/rules", &rules) || len(rules.Data.Groups) != 1 {
+		t.Fatalf("Prometheus rules: %+v", rules)
+	}
+	n := 0
+	for _, r := range rules.Data.Groups[0].Rules {
+		n++
+		if r.Health != "ok" || r.State != "inactive" {
+			t.Errorf("alert %s: health %s (%s), state %s; want ok, inactive", r.Name, r.Health, r.LastError, r.State)
+		}
+	}
+	if n < 8 {
+		t.Errorf("Prometheus loaded %d alerts, deploy/prometheusrule.yaml has 8", n)
+	}
 }

@@ -233,6 +233,8 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%}
 registerNode: true
+# Lowering it needs CAP_SYS_RESOURCE, which root lacks here.
+oomScoreAdj: 0
 EOF
 }
 
@@ -303,6 +305,7 @@ LIFEBOAT_NODE_NAME=$NODE_NAME
 LIFEBOAT_NODE_CONTAINERD=$SOCK
 LIFEBOAT_NODE_IMAGE=$LB_IMAGE
 LIFEBOAT_NODE_SCRIPT=$HERE/node.sh
+LIFEBOAT_NODE_PROMETHEUS=$LB_PROMETHEUS_BIN
 ENV
   mv "$D/env.tmp" "$D/env"
 }

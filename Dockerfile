@@ -16,7 +16,15 @@
 #     and upload only the changed ones (hash path); plain RBD snapshots
 #     (`export --image`) diff by snapshot name on both.
 # Tested (`make test`): a Pacific 16.2.15 build against a Pacific cluster,
-# a Reef 18.2.7 build against a Reef cluster. Mixed pairs are untested.
+# a Reef 18.2.7 build against a Reef cluster, and this image (Reef librbd)
+# as a pod against the Pacific cluster.
+#
+# Built and tested here (`make image`, `make test-node`; test/node/README.md):
+# podman builds this file unchanged and offline, from base images made with
+# debootstrap and Go modules from the host's cache (GOPROXY=file://...,
+# GOSUMDB=off), runs it as UID 65532 with a read-only root, no capabilities
+# and no-new-privileges, then runs deploy/ with it as a real pod on a
+# one-node kubelet (test/node/overlay).
 #
 #   docker build -t ghcr.io/lifeboat-backup/lifeboat:$(git describe --tags --always) \
 #     --build-arg VERSION=$(git describe --tags --always --dirty) .

@@ -135,7 +135,7 @@ check() {
   size=$(podman image inspect --format '{{.Size}}' "$LB_IMAGE")
   log "image: $LB_IMAGE, $((size / 1000000)) MB: $out"
   log "image: layers: $(podman history --format '{{.Size}} {{.CreatedBy}}' "$LB_IMAGE" |
-    awk '$1 != "0B" { $0 = substr($0, 1, 90); print }' | paste -sd'|' - | sed 's/|/; /g')"
+    awk '!/^0 B / { $0 = substr($0, 1, 90); print }' | paste -sd'|' - | sed 's/|/; /g')"
 }
 
 main() {

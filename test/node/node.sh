@@ -121,6 +121,7 @@ state = "$D/containerd/state"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   enable_selinux = false
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$D/cni/net.d"
@@ -157,7 +158,8 @@ load_image() {
 
 # A static pause binary in a one-file image (no registry is reachable).
 ensure_pause_image() {
-  ctr_ images ls -q | grep -qxF "$PAUSE_IMAGE" && return 0
+  local have; have=$(ctr_ images ls -q) # not piped into grep -q: pipefail + SIGPIPE
+  grep -qxF "$PAUSE_IMAGE" <<<"$have" && return 0
   if ! podman image exists "$PAUSE_IMAGE"; then
     local ctx; ctx=$(mktemp -d /tmp/lifeboat-pause.XXXXXX)
     (cd "$REPO" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$ctx/pause" ./test/node/pause)
@@ -375,6 +377,7 @@ status() {
   done
 }
 
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0 # sourced (to call one step by hand)
 case ${1:-} in
   up) up ;;
   load) [[ -n ${2:-} ]] || die "usage: $0 load IMAGE"; load_image "$2" ;;

@@ -55,19 +55,26 @@ func TestPod(t *testing.T) {
 	depInstallMonitoringCRDs(t)
 	w := newWorld(t)
 	admin := w.sim.Kube
-	vol := w.volume("data", 32*MiB)
+	vol := podVolume(t, w)
 	snap := w.snapshot(vol, "nightly")
 	bucket := removedAtEnd(t, "pod-"+w.id).name
 	keyFile := podSecrets(t, admin, bucket)
 	t.Setenv("AWS_ACCESS_KEY_ID", env.Get("AWS_ACCESS_KEY_ID"))
 	t.Setenv("AWS_SECRET_ACCESS_KEY", env.Get("AWS_SECRET_ACCESS_KEY"))
 	repo := []string{"--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket, "--encryption-key-file", keyFile}
-	if r := runLifeboat(t, append([]string{"repo", "init"}, repo...)...); r.code != 0 {
+	if r := runLifeboat(t, append([]string{"repo", "init", "--s3-create-bucket"}, repo...)...); r.code != 0 {
 		t.Fatalf("repo init: exit %d\n%s", r.code, r.stderr)
 	}
 
 	depFreeLease(t, admin)
 	podApply(t, podOverlay(t, w.driver))
+	t.Cleanup(func() { // runs before podApply's: the objects still exist
+		if t.Failed() {
+			out, _ := depKubectl("get", "deploy,rs,pods,jobs,events", "-n", deployNS, "-o", "wide")
+			t.Logf("rook-ceph:\n%s", out)
+			podLogs(t, node)
+		}
+	})
 	pod := podWaitReady(t, admin, node, "", 3*time.Minute)
 	t.Logf("pod %s Ready on %s after %s", pod.Name, pod.Spec.NodeName, time.Since(start).Round(time.Second))
 
@@ -88,8 +95,26 @@ func TestPod(t *testing.T) {
 	t.Run("prometheus scrapes it", func(t *testing.T) { podPrometheus(t, node, pod) })
 	t.Run("probes fail and recover", func(t *testing.T) { podCheckProbes(t, admin, node, pod) })
 	t.Run("prune cronjob as a job", func(t *testing.T) { podRunPrune(t, admin, node) })
-	if t.Failed() {
-		podLogs(t, node)
+}
+
+// podVolume is w.volume, retried: with a real kube-controller-manager on the
+// stack, its PV controllers may update a PV between the simulator's create
+// and status update (a conflict, not a failure of what this test checks).
+func podVolume(t *testing.T, w *world) *sim.Volume {
+	t.Helper()
+	ctx := context.Background()
+	for try := 1; ; try++ {
+		v, err := w.sim.CreateVolume(ctx, w.id, fmt.Sprintf("data-%d", try), 32*MiB)
+		if err == nil {
+			regions := []sim.Region{{Off: 0, Len: 4 * MiB, Kind: sim.Random}, {Off: 8 * MiB, Len: 4 * MiB, Kind: sim.Text}}
+			if err := v.Fill(ctx, regions, 1); err != nil {
+				t.Fatalf("Fill: %v", err)
+			}
+			return v
+		}
+		if try == 5 || !strings.Contains(err.Error(), "the object has been modified") {
+			t.Fatalf("CreateVolume: %v", err)
+		}
 	}
 }
 
@@ -303,7 +328,7 @@ func podCheckProcess(t *testing.T, node sim.Env, pod *corev1.Pod) {
 	if !strings.HasPrefix(root, "ro,") && root != "ro" {
 		t.Errorf("root filesystem mounted %q, want read-only", root)
 	}
-	if !strings.Contains(mounts, " /var/run/secrets/kubernetes.io/serviceaccount ") {
+	if !strings.Contains(mounts, "/run/secrets/kubernetes.io/serviceaccount ") { // /var/run is /run
 		t.Errorf("no ServiceAccount token mounted:\n%s", mounts)
 	}
 	cmdline := readFile(t, fmt.Sprintf("/proc/%d/cmdline", pid))

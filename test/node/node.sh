@@ -178,6 +178,11 @@ sa_kubeconfig() {
   local name=$1 sa=$2 f=$D/run/kubeconfig-$1 role token; shift 2
   {
     printf 'apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: %s, namespace: kube-system}\n' "$sa"
+    # Reading the API server's client-CA ConfigMap (delegated authentication), as kubeadm grants.
+    printf -- '---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n'
+    printf 'metadata: {name: "lifeboat-node:%s:auth-reader", namespace: kube-system}\n' "$sa"
+    printf 'roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: extension-apiserver-authentication-reader}\n'
+    printf 'subjects: [{kind: ServiceAccount, name: %s, namespace: kube-system}]\n' "$sa"
     for role; do
       printf -- '---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n'
       printf 'metadata: {name: "lifeboat-node:%s:%s"}\n' "$sa" "$role"
@@ -257,6 +262,9 @@ ensure_kubelet() {
   fi
   wait_for 90 "kubelet /healthz" kubelet_healthy || die "kubelet not healthy, see $LB_NODE_LOGS/kubelet.log"
   wait_for 120 "node $NODE_NAME Ready" node_ready || die "node $NODE_NAME not Ready, see $LB_NODE_LOGS/kubelet.log"
+  # kubelet registers the Node with the not-ready taint; the node lifecycle
+  # controller that would lift it is off (no node monitoring on this stack).
+  kubectl_ taint node "$NODE_NAME" node.kubernetes.io/not-ready:NoSchedule- >/dev/null 2>&1 || true
   restore_sysctls
 }
 

@@ -382,6 +382,16 @@ func podCheckProbes(t *testing.T, admin kubernetes.Interface, node sim.Env, pod 
 		return err == nil && len(p.Status.ContainerStatuses) == 1 && !p.Status.ContainerStatuses[0].Ready
 	})
 	t.Logf("readiness failed %s after SIGSTOP", time.Since(stopped).Round(time.Second))
+	// Once liveness has failed, the kubelet stops the container: let the
+	// agent run again so it handles the SIGTERM at once (frozen, it would
+	// keep the pod for the whole 60 s grace period).
+	waitFor(t, "liveness to fail", time.Minute, func() bool {
+		return strings.Contains(podEvents(t, admin, pod.Name), "failed liveness probe, will be restarted")
+	})
+	t.Logf("liveness failed %s after SIGSTOP", time.Since(stopped).Round(time.Second))
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Errorf("SIGCONT %d: %v", pid, err)
+	}
 	p := podWaitReady(t, admin, node, old.ContainerID, 2*time.Minute)
 	cs := p.Status.ContainerStatuses[0]
 	if cs.RestartCount != old.RestartCount+1 {
@@ -391,8 +401,16 @@ func podCheckProbes(t *testing.T, admin kubernetes.Interface, node sim.Env, pod 
 		t.Errorf("no last termination state")
 	}
 	podWaitLeader(t, admin, p.Name)
-	// The pod's events say why: the kubelet's own words.
-	ev, err := admin.CoreV1().Events(deployNS).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + p.Name})
+	joined := podEvents(t, admin, p.Name)
+	if !strings.Contains(joined, "Readiness probe failed") || !strings.Contains(joined, "Liveness probe failed") {
+		t.Errorf("events of %s lack failed readiness and liveness probes:\n%s", p.Name, joined)
+	}
+}
+
+// podEvents are the kubelet's probe and kill events of a pod, one a line.
+func podEvents(t *testing.T, admin kubernetes.Interface, name string) string {
+	t.Helper()
+	ev, err := admin.CoreV1().Events(deployNS).List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=" + name})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,11 +420,7 @@ func podCheckProbes(t *testing.T, admin kubernetes.Interface, node sim.Env, pod 
 			saw = append(saw, e.Reason+": "+e.Message)
 		}
 	}
-	joined := strings.Join(saw, "\n")
-	if !strings.Contains(joined, "Readiness probe failed") || !strings.Contains(joined, "Liveness probe failed") ||
-		!strings.Contains(joined, "failed liveness probe") {
-		t.Errorf("events of %s lack failed readiness, failed liveness and the restart:\n%s", p.Name, joined)
-	}
+	return strings.Join(saw, "\n")
 }
 
 // podRunPrune runs the prune CronJob once, as `kubectl create job --from` does.

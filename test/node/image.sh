@@ -113,7 +113,7 @@ build() {
   gomod=$(go env GOMODCACHE)
   # Every module the build needs, in the host's cache (a no-op when it has them).
   (cd "$REPO" && GOFLAGS=-mod=mod go mod download)
-  log "image: podman build $LB_IMAGE (version $version; cold ~35 min on 2 busy cores, warm ~2 min)"
+  log "image: podman build $LB_IMAGE (version $version; cold ~20 min on 2 busy cores, warm ~10 s to 1 min)"
   nice -n 15 podman build --pull=never --network host \
     --volume "$gomod/cache/download:/goproxy:ro" \
     --build-arg GOPROXY=file:///goproxy --build-arg GOSUMDB=off \

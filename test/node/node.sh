@@ -13,7 +13,8 @@
 # the Node's InternalIP is still the machine's interface address (kubelet refuses
 # a loopback node IP), so pods and probes must name 127.0.0.1 themselves.
 # Written outside $LIFEBOAT_NODE_DIR (test/node/README.md): cgroups
-# /sys/fs/cgroup/*/lifeboat-node, /run/containerd/s/ (shim sockets), and three
+# /sys/fs/cgroup/*/lifeboat-node, /run/containerd/s/ (shim sockets; removed when
+# empty), the Node object, and three
 # sysctls for as long as the node runs.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -132,6 +133,7 @@ state = "$D/containerd/state"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        Root = "$D/containerd/runc"
 [plugins."io.containerd.internal.v1.opt"]
   path = "$D/containerd/opt"
 EOF
@@ -368,6 +370,8 @@ down() {
   remove_containers
   kill_pidfile "$D/run/containerd.pid" "$D/containerd/config.toml"
   unmount_all
+  # The shims' socket dir is fixed in containerd 1.6: remove it if it is empty (never another's).
+  rmdir /run/containerd/s /run/containerd/runc/k8s.io /run/containerd/runc /run/containerd 2>/dev/null || true
   remove_cgroups
   restore_sysctls
   if [[ -f $S/kubeconfig ]]; then

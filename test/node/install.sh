@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the node (test/node/node.sh) needs: the host packages (podman,
-# buildah, debootstrap, containerd, runc, CNI plugins) and kubelet,
-# kube-scheduler and kube-controller-manager from k8s.io/kubernetes
-# $LB_KUBE_VERSION, plus Prometheus and promtool, built from the Go module proxy
-# (niced: they are slow once) and cached under $LIFEBOAT_CACHE_DIR/bin by version.
+# buildah, debootstrap, containerd, runc, CNI plugins) and kubelet and
+# kube-scheduler from k8s.io/kubernetes $LB_KUBE_VERSION (built like the stack's
+# kube-apiserver and kube-controller-manager, so they share the Go build cache),
+# plus Prometheus and promtool, built from the Go module proxy (niced: they are
+# slow once) and cached under $LIFEBOAT_CACHE_DIR/bin by version.
 #   install.sh [node|prometheus|all]   (default all)
-# kube-controller-manager has the stack's name and lock: whichever of the stack
-# and the node builds it first, the other reuses it.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -72,7 +71,6 @@ main() {
       ensure_root_tools
       with_lock kubelet build_kube kubelet "$LB_KUBELET_BIN"
       with_lock kube-scheduler build_kube kube-scheduler "$LB_KUBE_SCHEDULER_BIN"
-      with_lock kube-controller-manager build_kube kube-controller-manager "$LB_KUBE_CONTROLLER_MANAGER_BIN"
       ;;&
     prometheus | all) with_lock prometheus build_prometheus ;;
     node) ;;

@@ -16,7 +16,7 @@ NODE_SCRIPTS := test/node
 image:
 	VERSION=$(VERSION) $(NODE_SCRIPTS)/image.sh build
 
-## node-install: host packages, kubelet/kube-scheduler/kube-controller-manager, Prometheus (cached)
+## node-install: host packages, kubelet, kube-scheduler, Prometheus and promtool (built once, cached)
 node-install:
 	$(NODE_SCRIPTS)/install.sh
 

@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # A one-node Kubernetes worker for the test stack: containerd + runc + kubelet +
-# kube-scheduler against the stack's kube-apiserver (kube-controller-manager is
-# the stack's; the node starts its own only when the stack runs none).
+# kube-scheduler against the stack's kube-apiserver and kube-controller-manager.
 #   node.sh up            start (or check) the node; writes $LIFEBOAT_NODE_DIR/env
 #   node.sh load IMAGE    copy a podman image into the node's containerd
 #   node.sh down [--wipe] stop what up started, unmount, remove its cgroups,
@@ -30,7 +29,6 @@ NODE_NAME=${LIFEBOAT_NODE_NAME:-lifeboat-node}
 KUBELET_PORT=${LIFEBOAT_KUBELET_PORT:-15250}
 KUBELET_HEALTHZ_PORT=${LIFEBOAT_KUBELET_HEALTHZ_PORT:-15248}
 SCHEDULER_PORT=${LIFEBOAT_SCHEDULER_PORT:-15259}
-KCM_PORT=${LIFEBOAT_NODE_KCM_PORT:-15257}
 CGROUP_ROOT=lifeboat-node
 MARKER=.lifeboat-node
 SOCK=$D/containerd/containerd.sock
@@ -214,7 +212,7 @@ YAML
   echo "$f"
 }
 
-# --- kubelet, kube-scheduler, kube-controller-manager --------------------------------
+# --- kubelet, kube-scheduler -------------------------------------------------------------
 
 write_kubelet_config() {
   cat >"$D/kubelet/config.yaml" <<EOF
@@ -285,29 +283,13 @@ ensure_scheduler() {
   wait_for 60 "kube-scheduler /healthz" scheduler_healthy || die "kube-scheduler not healthy, see $LB_NODE_LOGS/kube-scheduler.log"
 }
 
-# The stack's kube-controller-manager holds kube-system/kube-controller-manager and
-# renews it every few seconds; without one (an older stack) the node runs its own.
-kcm_elsewhere() {
+# Deployments, ReplicaSets, Jobs, endpoints and kube-root-ca.crt need the stack's
+# kube-controller-manager: it holds kube-system/kube-controller-manager and renews it
+# every few seconds.
+kcm_running() {
   local renew
-  pid_alive "$D/run/kube-controller-manager.pid" "$D/run/kubeconfig-kube-controller-manager" && return 1
   renew=$(kubectl_ get lease -n kube-system kube-controller-manager -o jsonpath='{.spec.renewTime}' 2>/dev/null) || return 1
   [[ -n $renew ]] && (($(date +%s) - $(date -d "$renew" +%s) < 60))
-}
-
-ensure_kcm() {
-  kcm_elsewhere && return 0
-  local kc
-  if need_start kube-controller-manager "$D/run/kubeconfig-kube-controller-manager" "$KCM_PORT"; then
-    [[ -x $LB_KUBE_CONTROLLER_MANAGER_BIN ]] || die "no $LB_KUBE_CONTROLLER_MANAGER_BIN: run test/node/install.sh"
-    kc=$(sa_kubeconfig kube-controller-manager lifeboat-node-kcm system:kube-controller-manager)
-    mkdir -p "$D/kcm"
-    start_bg kube-controller-manager "$kc" "$LB_KUBE_CONTROLLER_MANAGER_BIN" --kubeconfig="$kc" \
-      --use-service-account-credentials=true --root-ca-file="$KUBE_CA_FILE" \
-      --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \
-      --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --cert-dir="$D/kcm" \
-      --controllers='*,-nodeipam,-nodelifecycle,-ttl,-taint-eviction-controller,-attachdetach,-bootstrapsigner,-tokencleaner' \
-      --leader-elect=false
-  fi
 }
 
 write_env() {
@@ -334,7 +316,7 @@ up() {
   make_cgroups
   ensure_containerd
   ensure_pause_image
-  ensure_kcm
+  kcm_running || die "no kube-controller-manager renews kube-system/kube-controller-manager: the stack's up.sh starts it (make stack-up)"
   ensure_kubelet
   ensure_scheduler
   write_env
@@ -365,7 +347,6 @@ down() {
   [[ -d $D ]] || return 0
   [[ -f $D/$MARKER ]] || die "$D is not a node directory (no $MARKER)"
   kill_pidfile "$D/run/kube-scheduler.pid" "$D/run/kubeconfig-kube-scheduler"
-  kill_pidfile "$D/run/kube-controller-manager.pid" "$D/run/kubeconfig-kube-controller-manager"
   kill_pidfile "$D/run/kubelet.pid" "$D/kubelet/config.yaml"
   remove_containers
   kill_pidfile "$D/run/containerd.pid" "$D/containerd/config.toml"
@@ -384,7 +365,7 @@ down() {
 
 status() {
   local n
-  for n in containerd kubelet kube-scheduler kube-controller-manager; do
+  for n in containerd kubelet kube-scheduler; do
     if [[ -f $D/run/$n.pid ]] && kill -0 "$(<"$D/run/$n.pid")" 2>/dev/null; then echo "$n: running"; else echo "$n: -"; fi
   done
 }

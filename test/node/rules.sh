@@ -19,6 +19,7 @@ head -n1 "$tmp/prometheusrule.rules.yaml" | grep -qx 'groups:' ||
 cp "$HERE/prometheusrule_test.yaml" "$tmp/"
 "$LB_PROMTOOL_BIN" check rules "$tmp/prometheusrule.rules.yaml"
 # Every alert of the file has a test.
+# shellcheck disable=SC2013 # alert names are single words
 for a in $(sed -n 's/^ *- alert: //p' "$tmp/prometheusrule.rules.yaml"); do
   grep -q "alertname: $a\$" "$HERE/prometheusrule_test.yaml" || die "alert $a has no test in test/node/prometheusrule_test.yaml"
 done

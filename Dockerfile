@@ -16,7 +16,15 @@
 #     and upload only the changed ones (hash path); plain RBD snapshots
 #     (`export --image`) diff by snapshot name on both.
 # Tested (`make test`): a Pacific 16.2.15 build against a Pacific cluster,
-# a Reef 18.2.7 build against a Reef cluster. Mixed pairs are untested.
+# a Reef 18.2.7 build against a Reef cluster, and this image (Reef librbd)
+# as a pod against the Pacific cluster.
+#
+# Built and tested here (`make image`, `make test-node`; test/node/README.md):
+# podman builds this file unchanged and offline, from base images made with
+# debootstrap and Go modules from the host's cache (GOPROXY=file://...,
+# GOSUMDB=off), runs it as UID 65532 with a read-only root, no capabilities
+# and no-new-privileges, then runs deploy/ with it as a real pod on a
+# one-node kubelet (test/node/overlay).
 #
 #   docker build -t ghcr.io/lifeboat-backup/lifeboat:$(git describe --tags --always) \
 #     --build-arg VERSION=$(git describe --tags --always --dirty) .
@@ -31,6 +39,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends librbd-dev librados-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# Where modules come from. Defaults are Go's; an offline build names a local
+# copy of a module cache (test/node/image.sh: GOPROXY=file://..., GOSUMDB=off;
+# go.sum still verifies every module).
+ARG GOPROXY=https://proxy.golang.org,direct
+ARG GOSUMDB=sum.golang.org
 COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod go mod download
 COPY . .
@@ -42,6 +55,11 @@ RUN --mount=type=cache,target=/go/pkg/mod \
  && /out/lifeboat version
 
 FROM debian:${DEBIAN_RELEASE}-slim
+# Only the runtime libraries (and CAs for S3 over TLS): no Ceph CLI, no shell tools.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends librbd1 librados2 ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+# Below the apt step: a new version does not re-run apt.
 ARG VERSION=dev
 LABEL org.opencontainers.image.title="lifeboat" \
       org.opencontainers.image.description="Backups of Ceph RBD CSI snapshots to S3 that survive the loss of Ceph" \
@@ -49,10 +67,6 @@ LABEL org.opencontainers.image.title="lifeboat" \
       org.opencontainers.image.version="${VERSION}" \
       io.lifeboat.ceph-librbd="reef" \
       io.lifeboat.features="diff-by-id incrementals of CSI snapshots (Reef librbd)"
-# Only the runtime libraries (and CAs for S3 over TLS): no Ceph CLI, no shell tools.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends librbd1 librados2 ca-certificates \
- && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/lifeboat /usr/local/bin/lifeboat
 # Fails the build if a shared library is missing from this stage.
 RUN ["/usr/local/bin/lifeboat", "version"]

@@ -23,7 +23,7 @@ build:
 	$(GO) build -tags '$(GO_TAGS)' -o bin/lbcsi ./test/csidriver/cmd/lbcsi
 
 ## test: every test, against Ceph Pacific (the host's packages) and then Ceph Reef (a cached chroot)
-test: test-pacific test-reef
+test: test-pacific test-node test-reef
 
 ## test-pacific: vet, unit/integration, end-to-end and a bounded fuzz run against the host's Ceph
 test-pacific: stack-up vet build
@@ -147,3 +147,5 @@ bench-reef: reef-up
 ## test-reef-down: stop the Reef cluster (the host stack and the cached chroot stay)
 test-reef-down:
 	$(REEF) down
+
+include test/node/node.mk

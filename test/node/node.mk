@@ -14,6 +14,7 @@ NODE_SCRIPTS := test/node
 
 ## image: build the Dockerfile offline with podman ($(LB_IMAGE)); run it as the Deployment does
 image:
+	$(NODE_SCRIPTS)/install.sh node
 	VERSION=$(VERSION) $(NODE_SCRIPTS)/image.sh build
 
 ## node-install: host packages, kubelet, kube-scheduler, Prometheus and promtool (built once, cached)

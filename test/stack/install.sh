@@ -29,18 +29,8 @@ install_apt_packages() {
     --no-install-recommends "${missing[@]}"
 }
 
-# Go is only needed when something has to be built.
-require_go() {
-  command -v go >/dev/null || die "Go is not installed (need a go toolchain >= 1.24 on PATH to build $1)"
-}
-
 check_tools() {
   [[ -x $LB_KUBECTL ]] || die "kubectl not found at $LB_KUBECTL (set LB_KUBECTL); don't install Debian's kubernetes-client"
-}
-
-# mod_dir MODULE@VERSION: download a module from the proxy, print its directory.
-mod_dir() {
-  go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
 }
 
 build_etcd() {
@@ -67,41 +57,6 @@ GO
   logged "$src" "etcd: go mod tidy" go mod tidy
   logged "$src" "etcd build" go build -trimpath -ldflags "-s -w" -o "$LB_ETCD_BIN.tmp" .
   mv "$LB_ETCD_BIN.tmp" "$LB_ETCD_BIN"
-}
-
-# build_kube_component NAME BIN: a k8s.io/kubernetes $LB_KUBE_VERSION command
-# (cmd/NAME) through a wrapper module, like kube-apiserver and kube-controller-manager.
-build_kube_component() {
-  local name=$1 bin=$2
-  [[ -x $bin ]] && return 0
-  require_go "$name"
-  log "building $name $LB_KUBE_VERSION from the Go module proxy (one-time, ~4-10 min on 2 cores; no prebuilt binary is reachable)"
-  local src kdir main minor=${LB_KUBE_VERSION#v1.}
-  minor=${minor%%.*}
-  src=$(fresh_src "$name-$LB_KUBE_VERSION")
-  kdir=$(mod_dir "k8s.io/kubernetes@$LB_KUBE_VERSION")
-  main=$(grep -l '^package main' "$kdir/cmd/$name"/*.go 2>/dev/null | head -n1)
-  [[ -n $main ]] || die "k8s.io/kubernetes@$LB_KUBE_VERSION has no cmd/$name main (not downloadable?)"
-  cp "$main" "$src/main.go"
-  chmod u+w "$src/main.go"
-  # k8s.io/kubernetes points its staging modules at ./staging/...; a wrapper must
-  # map each one to the published k8s.io/X v0.<minor>.<patch> instead. The proxy
-  # refuses k8s.io/endpointslice v0.32.13; v0.32.12 builds (kube-controller-manager).
-  {
-    echo "module lifeboat.local/$name"
-    echo "go 1.23"
-    echo "require k8s.io/kubernetes $LB_KUBE_VERSION"
-    sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/src/.*#replace \1 => \1 v0.'"${LB_KUBE_VERSION#v1.}"'#p' "$kdir/go.mod" |
-      sed 's#^replace k8s.io/endpointslice => .*#replace k8s.io/endpointslice => k8s.io/endpointslice '"$LB_KUBE_ENDPOINTSLICE_VERSION"'#'
-  } >"$src/go.mod"
-  grep -q '^replace k8s.io/api ' "$src/go.mod" || die "no staging replaces found in k8s.io/kubernetes go.mod"
-  local pkg=k8s.io/component-base/version
-  cd "$src"
-  logged "$src" "$name: go mod tidy" go mod tidy
-  logged "$src" "$name build" go build -trimpath -o "$bin.tmp" -ldflags "-s -w \
-    -X $pkg.gitVersion=$LB_KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor \
-    -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z" .
-  mv "$bin.tmp" "$bin"
 }
 
 build_kube_apiserver() { build_kube_component kube-apiserver "$LB_KUBE_APISERVER_BIN"; }

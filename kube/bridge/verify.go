@@ -173,6 +173,7 @@ func (b *Bridge) check(ctx context.Context, s kube.Snapshot) (c checked, err err
 	if !s.Ready() {
 		return c, nil // an unfinished snapshot is only NotReady
 	}
+	add(rbd.CheckJournal(ref)...)
 	info, err := cl.Inspect(ref.Pool, ref.Namespace, ref.Image, false)
 	if err != nil {
 		return c, b.asProblem(err, add)

@@ -20,6 +20,7 @@ export GO_TAGS
 build:
 	$(GO) build $(GOFLAGS_BUILD) -o bin/lifeboat ./cmd/lifeboat
 	$(GO) build -tags '$(GO_TAGS)' -o bin/lbsim ./test/sim/cmd/lbsim
+	$(GO) build -tags '$(GO_TAGS)' -o bin/lbcsi ./test/csidriver/cmd/lbcsi
 
 ## test: every test, against Ceph Pacific (the host's packages) and then Ceph Reef (a cached chroot)
 test: test-pacific test-reef

@@ -26,8 +26,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/lifeboat-backup/lifeboat/rbd/handle"
 	"strings"
+
+	"github.com/lifeboat-backup/lifeboat/rbd/handle"
+	"github.com/lifeboat-backup/lifeboat/test/csidriver"
 
 	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
@@ -61,8 +63,8 @@ const (
 
 	// ceph-csi name prefixes (StorageClass volumeNamePrefix and
 	// VolumeSnapshotClass snapshotNamePrefix defaults).
-	VolumePrefix   = "csi-vol-"
-	SnapshotPrefix = "csi-snap-"
+	VolumePrefix   = csidriver.VolumePrefix
+	SnapshotPrefix = csidriver.SnapshotPrefix
 )
 
 // Options configures a Sim. Zero fields take the defaults above.
@@ -162,7 +164,7 @@ type Sim struct {
 func New(ctx context.Context, opts Options) (*Sim, error) {
 	opts.fill()
 	opts.fillClasses()
-	features, err := parseFeatures(opts.VolumeFeatures)
+	features, err := csidriver.ParseFeatures(opts.VolumeFeatures)
 	if err != nil {
 		return nil, err
 	}
@@ -320,21 +322,6 @@ func (s *Sim) parseHandle(h string) (handle.ID, error) {
 		return d, fmt.Errorf("handle %s: pool id %d, sim uses pool %q (id %d)", h, d.PoolID, s.opts.Pool, s.poolID)
 	}
 	return d, nil
-}
-
-// parseFeatures turns "layering,exclusive-lock,..." into RBD feature bits.
-func parseFeatures(list string) (uint64, error) {
-	var names []string
-	for _, n := range strings.Split(list, ",") {
-		if n = strings.TrimSpace(n); n != "" {
-			names = append(names, n)
-		}
-	}
-	fs := rbd.FeatureSetFromNames(names)
-	if len(fs.Names()) != len(names) {
-		return 0, fmt.Errorf("unknown RBD feature in %q", list)
-	}
-	return uint64(fs), nil
 }
 
 // isErrno reports whether err is a go-ceph error carrying -errno.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ceph/go-ceph/rbd"
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	"github.com/lifeboat-backup/lifeboat/test/csidriver"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -40,9 +41,6 @@ type Snapshot struct {
 	ParentSnapID uint64
 	Source       *Volume // nil when it could not be resolved (LookupSnapshot)
 }
-
-// snapshotFeatures are the features ceph-csi gives snapshot clones.
-const snapshotFeatures = rbd.FeatureLayering | rbd.FeatureDeepFlatten
 
 // CreateSnapshot does what snapshot-controller, csi-snapshotter, ceph-csi
 // v3 CreateSnapshot and Velero's CSI plugin do for a backup of v:
@@ -110,7 +108,7 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 	handle := v.Handle
 	fs := corev1.PersistentVolumeFilesystem
 	vscs := s.Snap.SnapshotV1().VolumeSnapshotContents()
-	vsc, err := vscs.Create(ctx, &snapv1.VolumeSnapshotContent{
+	content := &snapv1.VolumeSnapshotContent{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:   snap.ContentName,
 			Labels: labels,
@@ -130,26 +128,28 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 			Source:                  snapv1.VolumeSnapshotContentSource{VolumeHandle: &handle},
 			SourceVolumeMode:        &fs,
 		},
-	}, metav1.CreateOptions{})
+	}
+	vsc, err := s.createContent(ctx, content)
 	if err != nil {
-		return nil, fmt.Errorf("create volumesnapshotcontent %s: %w", snap.ContentName, err)
+		return nil, err
 	}
 	undo = append(undo, func() { _ = vscs.Delete(bg, vsc.Name, metav1.DeleteOptions{}) })
 
 	// ceph-csi: reserve, then doSnapshotClone.
-	if snap.UUID, err = s.reserve(snapshotJournal, snap.RequestName, SnapshotPrefix, v.Name, ""); err != nil {
+	sj := csidriver.SnapshotJournal
+	if snap.UUID, err = s.reserve(sj, snap.RequestName, SnapshotPrefix, v.Name, ""); err != nil {
 		return nil, err
 	}
-	undo = append(undo, func() { _ = s.undoReservation(snapshotJournal, snap.UUID, snap.RequestName) })
-	snap.ImageName = SnapshotPrefix + snap.UUID
+	undo = append(undo, func() { _ = sj.Undo(s.ioctx, s.opts.InstanceID, snap.UUID, snap.RequestName) })
+	snap.ImageName = sj.ImageName(SnapshotPrefix, snap.UUID)
 	snap.SnapName = snap.ImageName
 	if snap.Handle, err = s.handle(snap.UUID); err != nil {
 		return nil, err
 	}
-	if err = s.snapshotClone(v.Name, snap.ImageName, snap.SnapName); err != nil {
+	if err = csidriver.SnapshotClone(s.ioctx, v.Name, snap.ImageName); err != nil {
 		return nil, err
 	}
-	undo = append(undo, func() { _, _ = s.removeOrTrash(snap.ImageName) })
+	undo = append(undo, func() { _, _ = csidriver.DeleteSnapshotImage(s.ioctx, snap.ImageName) })
 	clone, err := rbd.OpenImageReadOnly(s.ioctx, snap.ImageName, rbd.NoSnapshot)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", snap.ImageName, err)
@@ -173,7 +173,7 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 		return nil, fmt.Errorf("%s: %w", snap.ImageName, err)
 	}
 	snap.CreatedAt = time.Unix(ts.Sec, ts.Nsec)
-	if err = s.setOmap(snapshotJournal.prefix+snap.UUID, map[string]string{JournalImageID: snap.ImageID}); err != nil {
+	if err = sj.StoreImageID(s.ioctx, snap.UUID, snap.ImageID); err != nil {
 		return nil, err
 	}
 
@@ -202,13 +202,23 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 	// snapshot-controller's status update.
 	contentName := snap.ContentName
 	qty := resource.NewQuantity(size, resource.BinarySI)
-	vs.Status = &snapv1.VolumeSnapshotStatus{
-		BoundVolumeSnapshotContentName: &contentName,
-		CreationTime:                   &metav1.Time{Time: snap.CreatedAt},
-		ReadyToUse:                     &ready,
-		RestoreSize:                    qty,
-	}
-	if vs, err = vss.UpdateStatus(ctx, vs, metav1.UpdateOptions{}); err != nil {
+	// A real snapshot-controller may be updating it too: fresh copies,
+	// retried on conflicts.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := vss.Get(ctx, vs.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Status = &snapv1.VolumeSnapshotStatus{
+			BoundVolumeSnapshotContentName: &contentName,
+			CreationTime:                   &metav1.Time{Time: snap.CreatedAt},
+			ReadyToUse:                     &ready,
+			RestoreSize:                    qty,
+		}
+		vs, err = vss.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("volumesnapshot %s/%s status: %w", v.Namespace, snap.VSName, err)
 	}
 	// Velero's annotations once the snapshot is ready, merge-patched: an
@@ -228,49 +238,34 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 	return snap, nil
 }
 
-// snapshotClone is ceph-csi's createRBDClone + snapshot on the clone.
-func (s *Sim) snapshotClone(parent, cloneName, snapName string) (err error) {
-	img, err := rbd.OpenImage(s.ioctx, parent, rbd.NoSnapshot)
+// createContent creates the VolumeSnapshotContent of a dynamic snapshot.
+// A real snapshot-controller may have created it first (same name,
+// snapcontent-<VS uid>): that one is adopted, with the labels and
+// annotations merged in, when it refers to the same VolumeSnapshot.
+func (s *Sim) createContent(ctx context.Context, c *snapv1.VolumeSnapshotContent) (*snapv1.VolumeSnapshotContent, error) {
+	vscs := s.Snap.SnapshotV1().VolumeSnapshotContents()
+	vsc, err := vscs.Create(ctx, c, metav1.CreateOptions{})
+	if !apierrors.IsAlreadyExists(err) {
+		if err != nil {
+			return nil, fmt.Errorf("create volumesnapshotcontent %s: %w", c.Name, err)
+		}
+		return vsc, nil
+	}
+	cur, err := vscs.Get(ctx, c.Name, metav1.GetOptions{})
 	if err != nil {
-		return fmt.Errorf("open %s: %w", parent, err)
+		return nil, fmt.Errorf("volumesnapshotcontent %s: %w", c.Name, err)
 	}
-	defer img.Close()
-	// 1. temporary snapshot on the parent.
-	tmp, err := img.CreateSnapshot(snapName)
+	if cur.Spec.VolumeSnapshotRef.UID != c.Spec.VolumeSnapshotRef.UID {
+		return nil, fmt.Errorf("volumesnapshotcontent %s exists for another VolumeSnapshot (uid %s)", c.Name, cur.Spec.VolumeSnapshotRef.UID)
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": c.Labels, "annotations": c.Annotations}})
 	if err != nil {
-		return fmt.Errorf("rbd snap create %s@%s: %w", parent, snapName, err)
+		return nil, err
 	}
-	// 2. clone v2, layering + deep-flatten.
-	opts := rbd.NewRbdImageOptions()
-	defer opts.Destroy()
-	if err = opts.SetUint64(rbd.ImageOptionFeatures, snapshotFeatures); err == nil {
-		err = opts.SetUint64(rbd.ImageOptionCloneFormat, 2)
+	if vsc, err = vscs.Patch(ctx, c.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return nil, fmt.Errorf("volumesnapshotcontent %s: %w", c.Name, err)
 	}
-	if err == nil {
-		err = rbd.CloneImage(s.ioctx, parent, snapName, s.ioctx, cloneName, opts)
-	}
-	if err != nil {
-		_ = tmp.Remove()
-		return fmt.Errorf("rbd clone %s@%s %s: %w", parent, snapName, cloneName, err)
-	}
-	// 3. remove the temporary snapshot: with a clone v2 child it moves to
-	// the trash snapshot namespace.
-	if err = tmp.Remove(); err != nil {
-		_ = rbd.RemoveImage(s.ioctx, cloneName)
-		_ = tmp.Remove()
-		return fmt.Errorf("rbd snap rm %s@%s: %w", parent, snapName, err)
-	}
-	// 4. snapshot on the clone.
-	clone, err := rbd.OpenImage(s.ioctx, cloneName, rbd.NoSnapshot)
-	if err == nil {
-		_, err = clone.CreateSnapshot(snapName)
-		clone.Close()
-	}
-	if err != nil {
-		_ = rbd.RemoveImage(s.ioctx, cloneName)
-		return fmt.Errorf("rbd snap create %s@%s: %w", cloneName, snapName, err)
-	}
-	return nil
+	return vsc, nil
 }
 
 // CreateVolumeFromSnapshot restores snap into a new PVC like ceph-csi: the
@@ -284,18 +279,7 @@ func (s *Sim) CreateVolumeFromSnapshot(ctx context.Context, snap *Snapshot, name
 		ds = &corev1.TypedLocalObjectReference{APIGroup: &group, Kind: "VolumeSnapshot", Name: snap.VSName}
 	}
 	return s.provision(ctx, namespace, pvc, snap.Size, ds, func(name string) error {
-		opts := rbd.NewRbdImageOptions()
-		defer opts.Destroy()
-		if err := opts.SetUint64(rbd.ImageOptionFeatures, s.features); err != nil {
-			return err
-		}
-		if err := opts.SetUint64(rbd.ImageOptionCloneFormat, 2); err != nil {
-			return err
-		}
-		if err := rbd.CloneImage(s.ioctx, snap.ImageName, snap.SnapName, s.ioctx, name, opts); err != nil {
-			return fmt.Errorf("rbd clone %s@%s %s: %w", snap.ImageName, snap.SnapName, name, err)
-		}
-		return nil
+		return csidriver.Clone(s.ioctx, snap.ImageName, snap.SnapName, s.ioctx, name, s.features)
 	})
 }
 
@@ -342,7 +326,7 @@ func (s *Sim) SnapshotFromHandle(ctx context.Context, handle string) (*Snapshot,
 	if err != nil {
 		return nil, err
 	}
-	attrs, err := s.readJournal(snapshotJournal, h.UUID)
+	attrs, err := s.SnapshotJournal(h.UUID)
 	if err != nil {
 		return nil, err
 	}
@@ -420,28 +404,16 @@ func (s *Sim) DeleteContent(ctx context.Context, snap *Snapshot) error {
 }
 
 // DeleteSnapshot deletes the objects (DeleteContent) and, like ceph-csi
-// DeleteSnapshot, the snapshot on the clone, the clone (to the trash if
-// restored volumes still hang from it) and the journal reservation. Removing
-// the clone lets librbd drop the parent's trash snapshot. It reports whether
-// the clone went to the trash.
+// DeleteSnapshot (csidriver.DeleteSnapshotImage), the snapshot on the clone,
+// the clone (it stays in the trash while restored volumes hang from it) and
+// the journal reservation. Removing the clone lets librbd drop the parent's
+// trash snapshot. It reports whether the clone stayed in the trash.
 func (s *Sim) DeleteSnapshot(ctx context.Context, snap *Snapshot) (trashed bool, err error) {
 	if err := s.DeleteContent(ctx, snap); err != nil {
 		return false, err
 	}
-	img, err := rbd.OpenImage(s.ioctx, snap.ImageName, rbd.NoSnapshot)
-	switch {
-	case errors.Is(err, rbd.ErrNotFound):
-	case err != nil:
-		return false, fmt.Errorf("open %s: %w", snap.ImageName, err)
-	default:
-		err = img.GetSnapshot(snap.SnapName).Remove()
-		img.Close()
-		if err != nil && !errors.Is(err, rbd.ErrNotFound) {
-			return false, fmt.Errorf("rbd snap rm %s@%s: %w", snap.ImageName, snap.SnapName, err)
-		}
-		if trashed, err = s.removeOrTrash(snap.ImageName); err != nil {
-			return false, err
-		}
+	if trashed, err = csidriver.DeleteSnapshotImage(s.ioctx, snap.ImageName); err != nil {
+		return false, err
 	}
-	return trashed, s.undoReservation(snapshotJournal, snap.UUID, snap.RequestName)
+	return trashed, csidriver.SnapshotJournal.Undo(s.ioctx, s.opts.InstanceID, snap.UUID, snap.RequestName)
 }

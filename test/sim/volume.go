@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/ceph/go-ceph/rbd"
+	"github.com/lifeboat-backup/lifeboat/test/csidriver"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 )
 
 // chunkSize is the I/O size for fills and reads (one RBD object at the
@@ -40,16 +42,6 @@ type Volume struct {
 	sim *Sim
 }
 
-// roundSize rounds like ceph-csi's util.RoundOffBytes: up to MiB below 1 GiB,
-// up to GiB from there.
-func roundSize(n uint64) uint64 {
-	const mib, gib = 1 << 20, 1 << 30
-	if n < gib {
-		return (n + mib - 1) / mib * mib
-	}
-	return (n + gib - 1) / gib * gib
-}
-
 // CreateVolume provisions a volume like external-provisioner + ceph-csi
 // CreateVolume: the PVC (created first: its UID names the request), the
 // journal reservation csi.volume.<uuid> (csi.imagename, csi.volname,
@@ -61,20 +53,9 @@ func (s *Sim) CreateVolume(ctx context.Context, namespace, pvc string, size uint
 	if size == 0 {
 		return nil, errors.New("sim: zero volume size")
 	}
-	size = roundSize(size)
+	size = csidriver.RoundOffBytes(size)
 	return s.provision(ctx, namespace, pvc, size, nil, func(name string) error {
-		opts := rbd.NewRbdImageOptions()
-		defer opts.Destroy()
-		if err := opts.SetUint64(rbd.ImageOptionFormat, 2); err != nil {
-			return err
-		}
-		if err := opts.SetUint64(rbd.ImageOptionFeatures, s.features); err != nil {
-			return err
-		}
-		if err := rbd.CreateImage(s.ioctx, name, size, opts); err != nil {
-			return fmt.Errorf("rbd create %s: %w", name, err)
-		}
-		return nil
+		return csidriver.CreateImage(s.ioctx, name, size, s.features)
 	})
 }
 
@@ -140,22 +121,23 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		sim:         s,
 	}
 	v.PV = v.RequestName
-	if v.UUID, err = s.reserve(volumeJournal, v.RequestName, VolumePrefix, "", namespace); err != nil {
+	vj := csidriver.VolumeJournal
+	if v.UUID, err = s.reserve(vj, v.RequestName, VolumePrefix, "", namespace); err != nil {
 		return nil, err
 	}
-	undo = append(undo, func() { _ = s.undoReservation(volumeJournal, v.UUID, v.RequestName) })
-	v.Name = VolumePrefix + v.UUID
+	undo = append(undo, func() { _ = vj.Undo(s.ioctx, s.opts.InstanceID, v.UUID, v.RequestName) })
+	v.Name = vj.ImageName(VolumePrefix, v.UUID)
 	if v.Handle, err = s.handle(v.UUID); err != nil {
 		return nil, err
 	}
 	if err = makeImage(v.Name); err != nil {
 		return nil, err
 	}
-	undo = append(undo, func() { _ = s.removeImage(v.Name) })
+	undo = append(undo, func() { _, _ = csidriver.DeleteImage(s.ioctx, v.Name) })
 	if v.ID, err = s.imageID(v.Name); err != nil {
 		return nil, err
 	}
-	if err = s.setOmap(volumeJournal.prefix+v.UUID, map[string]string{JournalImageID: v.ID}); err != nil {
+	if err = vj.StoreImageID(s.ioctx, v.UUID, v.ID); err != nil {
 		return nil, err
 	}
 
@@ -203,28 +185,59 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		},
 	}
 	pvs := s.Kube.CoreV1().PersistentVolumes()
-	if pv, err = pvs.Create(ctx, pv, metav1.CreateOptions{}); err != nil {
+	if _, err = pvs.Create(ctx, pv, metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("create pv %s: %w", v.PV, err)
 	}
 	undo = append(undo, func() { _ = s.deletePV(bg, v.PV) })
-	pv.Status.Phase = corev1.VolumeBound
-	if _, err = pvs.UpdateStatus(ctx, pv, metav1.UpdateOptions{}); err != nil {
+	// What the PV controller does to bind the pair. A real
+	// kube-controller-manager may be doing the same at once: every update
+	// starts from a fresh copy and is retried on conflicts.
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := pvs.Get(ctx, v.PV, metav1.GetOptions{})
+		if err != nil || cur.Status.Phase == corev1.VolumeBound {
+			return err
+		}
+		cur.Status.Phase = corev1.VolumeBound
+		_, err = pvs.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("pv %s status: %w", v.PV, err)
 	}
-
-	// What the PV controller does to bind the claim.
-	claim.Spec.VolumeName = v.PV
-	claim.Annotations["pv.kubernetes.io/bind-completed"] = "yes"
-	claim.Annotations["pv.kubernetes.io/bound-by-controller"] = "yes"
-	if claim, err = pvcs.Update(ctx, claim, metav1.UpdateOptions{}); err != nil {
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := pvcs.Get(ctx, pvcName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if cur.Spec.VolumeName != "" && cur.Spec.VolumeName != v.PV {
+			return fmt.Errorf("bound to %s meanwhile", cur.Spec.VolumeName)
+		}
+		cur.Spec.VolumeName = v.PV
+		if cur.Annotations == nil {
+			cur.Annotations = map[string]string{}
+		}
+		cur.Annotations["pv.kubernetes.io/bind-completed"] = "yes"
+		cur.Annotations["pv.kubernetes.io/bound-by-controller"] = "yes"
+		_, err = pvcs.Update(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("bind pvc %s/%s: %w", namespace, pvcName, err)
 	}
-	claim.Status = corev1.PersistentVolumeClaimStatus{
-		Phase:       corev1.ClaimBound,
-		AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-		Capacity:    corev1.ResourceList{corev1.ResourceStorage: qty},
-	}
-	if _, err = pvcs.UpdateStatus(ctx, claim, metav1.UpdateOptions{}); err != nil {
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := pvcs.Get(ctx, pvcName, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Status = corev1.PersistentVolumeClaimStatus{
+			Phase:       corev1.ClaimBound,
+			AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Capacity:    corev1.ResourceList{corev1.ResourceStorage: qty},
+		}
+		_, err = pvcs.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("pvc %s/%s status: %w", namespace, pvcName, err)
 	}
 	return v, nil
@@ -255,7 +268,7 @@ func (s *Sim) LookupVolume(ctx context.Context, namespace, pvc string) (*Volume,
 	if err != nil {
 		return nil, err
 	}
-	attrs, err := s.readJournal(volumeJournal, h.UUID)
+	attrs, err := s.VolumeJournal(h.UUID)
 	if err != nil {
 		return nil, err
 	}
@@ -289,12 +302,11 @@ func (s *Sim) LookupVolume(ctx context.Context, namespace, pvc string) (*Volume,
 	return v, nil
 }
 
-// DeleteVolume deletes the PVC and PV and, like ceph-csi DeleteVolume, the
-// image and its journal reservation. An image whose (trash) snapshots still
-// have children - snapshot clones csi-snap-* of CSI snapshots - cannot be
-// removed: it is moved to the RBD trash (where ceph-csi's deferred removal
-// would keep failing until the children are gone). Otherwise it is removed.
-// It reports whether the image went to the trash.
+// DeleteVolume deletes the PVC and PV and, like ceph-csi DeleteVolume
+// (csidriver.DeleteImage), the image - through the RBD trash, where it
+// stays while snapshots in its trash namespace have children (snapshot
+// clones csi-snap-* of CSI snapshots) - and its journal reservation. It
+// reports whether the image stayed in the trash.
 func (s *Sim) DeleteVolume(ctx context.Context, v *Volume) (trashed bool, err error) {
 	if err := s.deletePVC(ctx, v.Namespace, v.PVC); err != nil {
 		return false, err
@@ -302,61 +314,10 @@ func (s *Sim) DeleteVolume(ctx context.Context, v *Volume) (trashed bool, err er
 	if err := s.deletePV(ctx, v.PV); err != nil {
 		return false, err
 	}
-	trashed, err = s.removeOrTrash(v.Name)
-	if err != nil {
+	if trashed, err = csidriver.DeleteImage(s.ioctx, v.Name); err != nil {
 		return false, err
 	}
-	return trashed, s.undoReservation(volumeJournal, v.UUID, v.RequestName)
-}
-
-// removeOrTrash removes an image, or moves it to the trash when some of its
-// snapshots have children. A missing image is not an error.
-func (s *Sim) removeOrTrash(name string) (trashed bool, err error) {
-	kids, err := s.Children(name)
-	if errors.Is(err, rbd.ErrNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	if len(kids) > 0 {
-		if err := rbd.GetImage(s.ioctx, name).Trash(0); err != nil {
-			return false, fmt.Errorf("rbd trash mv %s: %w", name, err)
-		}
-		return true, nil
-	}
-	return false, s.removeImage(name)
-}
-
-// removeImage removes an image and its user snapshots (snapshots with
-// children make it fail). A missing image is not an error.
-func (s *Sim) removeImage(name string) error {
-	img, err := rbd.OpenImage(s.ioctx, name, rbd.NoSnapshot)
-	if errors.Is(err, rbd.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("open %s: %w", name, err)
-	}
-	snaps, err := img.GetSnapshotNames()
-	if err == nil {
-		for _, sn := range snaps {
-			t, err2 := img.GetSnapNamespaceType(sn.Id)
-			if err2 == nil && t == rbd.SnapNamespaceTypeUser {
-				if err2 = img.GetSnapshot(sn.Name).Remove(); err2 != nil {
-					err = fmt.Errorf("rbd snap rm %s@%s: %w", name, sn.Name, err2)
-				}
-			}
-		}
-	}
-	img.Close()
-	if err != nil {
-		return err
-	}
-	if err := rbd.RemoveImage(s.ioctx, name); err != nil && !errors.Is(err, rbd.ErrNotFound) {
-		return fmt.Errorf("rbd rm %s: %w", name, err)
-	}
-	return nil
+	return trashed, csidriver.VolumeJournal.Undo(s.ioctx, s.opts.InstanceID, v.UUID, v.RequestName)
 }
 
 // Children lists the images (as "pool/[ns/]image", trashed ones with a

@@ -8,11 +8,14 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/lib.sh"
 
 D=$LIFEBOAT_STACK_DIR
+# shellcheck source=controllers.sh
+source "$HERE/controllers.sh"
 
 main() {
   [[ $# -eq 0 || $1 == --wipe ]] || die "usage: $0 [--wipe]"
   if [[ -d $D ]]; then
-    # Reverse start order: the API server before its etcd.
+    # Reverse start order: the controllers, then the API server before its etcd.
+    stop_controllers
     kill_pidfile "$D/run/minio.pid" "$D/minio/data"
     kill_pidfile "$D/run/kube-apiserver.pid" "$D/kube/"
     kill_pidfile "$D/run/etcd.pid" "$D/etcd"

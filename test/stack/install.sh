@@ -7,9 +7,10 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Ceph daemons + CLIs, the librbd/librados headers go-ceph's cgo needs (and a C
-# compiler for it), and the small tools these scripts use.
+# compiler for it), and the small tools these scripts use (jq edits ceph-csi's
+# JSON config).
 APT_PACKAGES=(ceph-mon ceph-osd ceph-mgr ceph-common librbd-dev librados-dev gcc libc6-dev
-  uuid-runtime openssl curl ca-certificates make)
+  uuid-runtime openssl curl ca-certificates make jq)
 
 # Builds must not pick up a go.work or vendor dir from wherever we happen to be.
 export GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0
@@ -68,33 +69,127 @@ GO
   mv "$LB_ETCD_BIN.tmp" "$LB_ETCD_BIN"
 }
 
-build_kube_apiserver() {
-  [[ -x $LB_KUBE_APISERVER_BIN ]] && return 0
-  require_go "kube-apiserver"
-  log "building kube-apiserver $LB_KUBE_VERSION from the Go module proxy (one-time, ~4 min on 2 cores; no prebuilt binary is reachable)"
-  local src kdir minor=${LB_KUBE_VERSION#v1.}
+# build_kube_component NAME BIN: a k8s.io/kubernetes $LB_KUBE_VERSION command
+# (cmd/NAME) through a wrapper module, like kube-apiserver and kube-controller-manager.
+build_kube_component() {
+  local name=$1 bin=$2
+  [[ -x $bin ]] && return 0
+  require_go "$name"
+  log "building $name $LB_KUBE_VERSION from the Go module proxy (one-time, ~4-10 min on 2 cores; no prebuilt binary is reachable)"
+  local src kdir main minor=${LB_KUBE_VERSION#v1.}
   minor=${minor%%.*}
-  src=$(fresh_src "kube-apiserver-$LB_KUBE_VERSION")
+  src=$(fresh_src "$name-$LB_KUBE_VERSION")
   kdir=$(mod_dir "k8s.io/kubernetes@$LB_KUBE_VERSION")
-  [[ -f $kdir/cmd/kube-apiserver/apiserver.go ]] || die "k8s.io/kubernetes@$LB_KUBE_VERSION not downloadable"
-  cp "$kdir/cmd/kube-apiserver/apiserver.go" "$src/main.go"
+  main=$(grep -l '^package main' "$kdir/cmd/$name"/*.go 2>/dev/null | head -n1)
+  [[ -n $main ]] || die "k8s.io/kubernetes@$LB_KUBE_VERSION has no cmd/$name main (not downloadable?)"
+  cp "$main" "$src/main.go"
   chmod u+w "$src/main.go"
   # k8s.io/kubernetes points its staging modules at ./staging/...; a wrapper must
-  # map each one to the published k8s.io/X v0.<minor>.<patch> instead.
+  # map each one to the published k8s.io/X v0.<minor>.<patch> instead. The proxy
+  # refuses k8s.io/endpointslice v0.32.13; v0.32.12 builds (kube-controller-manager).
   {
-    echo "module lifeboat.local/kube-apiserver"
+    echo "module lifeboat.local/$name"
     echo "go 1.23"
     echo "require k8s.io/kubernetes $LB_KUBE_VERSION"
-    sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/src/.*#replace \1 => \1 v0.'"${LB_KUBE_VERSION#v1.}"'#p' "$kdir/go.mod"
+    sed -n 's#^[[:space:]]*\(k8s.io/[^ ]*\) => ./staging/src/.*#replace \1 => \1 v0.'"${LB_KUBE_VERSION#v1.}"'#p' "$kdir/go.mod" |
+      sed 's#^replace k8s.io/endpointslice => .*#replace k8s.io/endpointslice => k8s.io/endpointslice '"$LB_KUBE_ENDPOINTSLICE_VERSION"'#'
   } >"$src/go.mod"
   grep -q '^replace k8s.io/api ' "$src/go.mod" || die "no staging replaces found in k8s.io/kubernetes go.mod"
   local pkg=k8s.io/component-base/version
   cd "$src"
-  logged "$src" "kube-apiserver: go mod tidy" go mod tidy
-  logged "$src" "kube-apiserver build" go build -trimpath -o "$LB_KUBE_APISERVER_BIN.tmp" -ldflags "-s -w \
+  logged "$src" "$name: go mod tidy" go mod tidy
+  logged "$src" "$name build" go build -trimpath -o "$bin.tmp" -ldflags "-s -w \
     -X $pkg.gitVersion=$LB_KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor \
     -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z" .
-  mv "$LB_KUBE_APISERVER_BIN.tmp" "$LB_KUBE_APISERVER_BIN"
+  mv "$bin.tmp" "$bin"
+}
+
+build_kube_apiserver() { build_kube_component kube-apiserver "$LB_KUBE_APISERVER_BIN"; }
+build_kube_controller_manager() { build_kube_component kube-controller-manager "$LB_KCM_BIN"; }
+
+# copy_module MODULE@VERSION NAME: a writable copy of a downloaded module in the
+# cache, printed. Modules whose go.mod has replace directives (velero,
+# external-snapshotter, external-provisioner) can't be `go install`ed; building
+# inside a copy keeps their exact dependency versions and replaces.
+copy_module() {
+  local dir src
+  dir=$(mod_dir "$1")
+  [[ -f $dir/go.mod ]] || die "$1 not downloadable from the Go module proxy"
+  src=$(fresh_src "$2")
+  cp -r "$dir/." "$src/"
+  chmod -R u+w "$src"
+  echo "$src"
+}
+
+# The snapshotter's go.mod points its client module at ./client, which is a
+# separate module and so not in the download: use the published one instead.
+build_external_snapshotter() {
+  [[ -x $LB_SNAPSHOT_CONTROLLER_BIN && -x $LB_CSI_SNAPSHOTTER_BIN ]] && return 0
+  require_go "external-snapshotter"
+  log "building snapshot-controller and csi-snapshotter $LB_SNAPSHOTTER_VERSION from the Go module proxy (one-time, ~5-10 min)"
+  local src ld="-s -w -X main.version=$LB_SNAPSHOTTER_VERSION"
+  src=$(copy_module "github.com/kubernetes-csi/external-snapshotter/v8@$LB_SNAPSHOTTER_VERSION" \
+    "external-snapshotter-$LB_SNAPSHOTTER_VERSION")
+  cd "$src"
+  logged "$src" "external-snapshotter: replace ./client" go mod edit \
+    -replace "github.com/kubernetes-csi/external-snapshotter/client/v8=github.com/kubernetes-csi/external-snapshotter/client/v8@$LB_SNAPSHOTTER_VERSION"
+  logged "$src" "external-snapshotter: go mod download" go mod download
+  logged "$src" "snapshot-controller build" go build -trimpath -ldflags "$ld" -o "$LB_SNAPSHOT_CONTROLLER_BIN.tmp" ./cmd/snapshot-controller
+  logged "$src" "csi-snapshotter build" go build -trimpath -ldflags "$ld" -o "$LB_CSI_SNAPSHOTTER_BIN.tmp" ./cmd/csi-snapshotter
+  mv "$LB_SNAPSHOT_CONTROLLER_BIN.tmp" "$LB_SNAPSHOT_CONTROLLER_BIN"
+  mv "$LB_CSI_SNAPSHOTTER_BIN.tmp" "$LB_CSI_SNAPSHOTTER_BIN"
+}
+
+build_external_provisioner() {
+  [[ -x $LB_CSI_PROVISIONER_BIN ]] && return 0
+  require_go "csi-provisioner"
+  log "building csi-provisioner $LB_PROVISIONER_VERSION from the Go module proxy (one-time, ~5-10 min)"
+  local src
+  src=$(copy_module "github.com/kubernetes-csi/external-provisioner/v5@$LB_PROVISIONER_VERSION" \
+    "external-provisioner-$LB_PROVISIONER_VERSION")
+  cd "$src"
+  logged "$src" "csi-provisioner build" go build -trimpath \
+    -ldflags "-s -w -X main.version=$LB_PROVISIONER_VERSION" -o "$LB_CSI_PROVISIONER_BIN.tmp" ./cmd/csi-provisioner
+  mv "$LB_CSI_PROVISIONER_BIN.tmp" "$LB_CSI_PROVISIONER_BIN"
+}
+
+# Velero: one binary is both the server and the CLI. Two patches of the copy:
+# - k8s.io/cli-runtime v0.33.12 is refused by the proxy here; v0.33.13 builds;
+# - controller-runtime's metrics listener has no flag and binds :8080 (all
+#   interfaces); the server's manager gets BindAddress 127.0.0.1:0 instead
+#   (loopback, a free port: nothing scrapes it, Velero's own metrics are on
+#   --metrics-address).
+build_velero() {
+  [[ -x $LB_VELERO_BIN ]] && return 0
+  require_go "velero"
+  log "building velero $LB_VELERO_VERSION from the Go module proxy (one-time, ~5-10 min)"
+  local src srv=pkg/cmd/server/server.go pkg=github.com/vmware-tanzu/velero/pkg/buildinfo
+  src=$(copy_module "github.com/vmware-tanzu/velero@$LB_VELERO_VERSION" "velero-$LB_VELERO_VERSION")
+  mkdir -p "$LB_VELERO_DIR"
+  cd "$src"
+  logged "$src" "velero: replace cli-runtime" go mod edit \
+    -replace "k8s.io/cli-runtime=k8s.io/cli-runtime@$LB_VELERO_CLI_RUNTIME_VERSION"
+  grep -q '^	ctrl "sigs.k8s.io/controller-runtime"$' "$srv" && grep -q '^			Scheme: scheme,$' "$srv" ||
+    die "velero $LB_VELERO_VERSION: $srv changed, update the metrics-listener patch in ${BASH_SOURCE[0]}"
+  sed -i -e 's#^	ctrl "sigs.k8s.io/controller-runtime"$#&\n	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"#' \
+    -e 's#^			Scheme: scheme,$#&\n			Metrics: metricsserver.Options{BindAddress: "127.0.0.1:0"}, // lifeboat stack: loopback only#' "$srv"
+  logged "$src" "velero: go mod tidy" go mod tidy
+  logged "$src" "velero build" go build -trimpath -o "$LB_VELERO_BIN.tmp" \
+    -ldflags "-s -w -X $pkg.Version=$LB_VELERO_VERSION -X $pkg.GitTreeState=clean" ./cmd/velero
+  mv "$LB_VELERO_BIN.tmp" "$LB_VELERO_BIN"
+}
+
+# velero-plugin-for-aws has no replace directives: go install keeps its versions.
+# Velero runs every executable of its --plugin-dir as a plugin.
+build_velero_aws_plugin() {
+  [[ -x $LB_VELERO_PLUGIN_DIR/velero-plugin-for-aws ]] && return 0
+  require_go "velero-plugin-for-aws"
+  log "building velero-plugin-for-aws $LB_VELERO_AWS_VERSION from the Go module proxy (one-time, ~3-6 min)"
+  local gobin; gobin=$(fresh_src "velero-plugin-for-aws-$LB_VELERO_AWS_VERSION")
+  GOBIN=$gobin logged "$gobin" "velero-plugin-for-aws build" go install -trimpath -ldflags "-s -w" \
+    "github.com/vmware-tanzu/velero-plugin-for-aws/velero-plugin-for-aws@$LB_VELERO_AWS_VERSION"
+  mkdir -p "$LB_VELERO_PLUGIN_DIR"
+  mv "$gobin/velero-plugin-for-aws" "$LB_VELERO_PLUGIN_DIR/velero-plugin-for-aws"
 }
 
 build_minio() {
@@ -131,6 +226,11 @@ main() {
   with_lock kube-apiserver build_kube_apiserver
   with_lock minio build_minio
   with_lock crds fetch_snapshot_crds
+  with_lock kube-controller-manager build_kube_controller_manager
+  with_lock external-snapshotter build_external_snapshotter
+  with_lock external-provisioner build_external_provisioner
+  with_lock velero build_velero
+  with_lock velero-plugin-for-aws build_velero_aws_plugin
   log "install: ok (cache $LIFEBOAT_CACHE_DIR)"
 }
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Brings up the local test stack: Ceph cluster A, etcd + kube-apiserver (with the
-# snapshot CRDs), and MinIO, all on 127.0.0.1, state and logs in $LIFEBOAT_STACK_DIR.
+# snapshot CRDs), MinIO, kube-controller-manager, snapshot-controller, our CSI
+# driver lbcsi with csi-provisioner and csi-snapshotter, and a Velero server
+# (controllers.sh), all on 127.0.0.1, state and logs in $LIFEBOAT_STACK_DIR.
 # Idempotent: what already runs and is healthy is left alone. Writes
 # $LIFEBOAT_STACK_DIR/env (KEY=value lines) for tests: `set -a; . "$LIFEBOAT_STACK_DIR/env"`.
 set -euo pipefail
@@ -118,6 +120,9 @@ setup_kube_objects() {
   "$LB_KUBECTL" get namespace rook-ceph >/dev/null 2>&1 || quiet "$LB_KUBECTL" create namespace rook-ceph
 }
 
+# shellcheck source=controllers.sh
+source "$HERE/controllers.sh"
+
 minio_ready() { curl -fsS "http://127.0.0.1:$MINIO_PORT/minio/health/ready"; }
 
 ensure_minio() {
@@ -161,7 +166,17 @@ LB_KUBE_APISERVER_BIN=$LB_KUBE_APISERVER_BIN
 LB_MINIO_BIN=$LB_MINIO_BIN
 LB_SNAPSHOT_CRD_DIR=$LB_SNAPSHOT_CRD_DIR
 LB_KUBECTL=$LB_KUBECTL
+LB_KCM_BIN=$LB_KCM_BIN
+CSI_DRIVER=$CSI_DRIVER
+CSI_ENDPOINT=unix://$CSI_SOCKET
+CSI_CONFIG=$CSI_CONFIG
+VELERO=$LB_VELERO_BIN
+VELERO_NAMESPACE=$VELERO_NS
+VELERO_FEATURES=EnableCSI
+VELERO_BUCKET=$VELERO_BUCKET
 ENV
+    # For shells (`set -a; . env`): the velero CLI on PATH. Go tests use VELERO.
+    printf 'PATH=%s:$PATH\n' "$LB_VELERO_DIR"
   } >"$D/env.tmp"
   mv "$D/env.tmp" "$D/env"
 }
@@ -182,10 +197,11 @@ main() {
   setup_kube_objects
   ensure_minio
   wait "$ceph_job" || die "Ceph cluster failed to start, see $D/ceph/log"
+  ensure_controllers
   write_env
   log "stack up in ${SECONDS}s; env: $D/env (load it with: set -a; . $D/env; set +a)"
   # Print the endpoints, never the keys and tokens.
-  grep -E '^(CEPH_CONF|CEPH_MON_HOST_V[12]|KUBECONFIG|KUBE_APISERVER|S3_ENDPOINT)=' "$D/env"
+  grep -E '^(CEPH_CONF|CEPH_MON_HOST_V[12]|KUBECONFIG|KUBE_APISERVER|S3_ENDPOINT|CSI_ENDPOINT|VELERO)=' "$D/env"
 }
 
 main "$@"

@@ -8,15 +8,25 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	librbd "github.com/ceph/go-ceph/rbd"
+	"github.com/google/uuid"
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/lifeboat-backup/lifeboat/rbd/handle"
 	"github.com/lifeboat-backup/lifeboat/test/sim"
@@ -273,4 +283,402 @@ func TestRehydrateIntoNewCluster(t *testing.T) {
 		}
 	}
 	t.Logf("restore --velero-backup of 2 volumes (64 MiB each): %s; two lifeboat restore: %s", took.Round(10*time.Millisecond), single.Round(10*time.Millisecond))
+}
+
+// ---------------------------------------------------------------------------
+// The headline, on the stack's real path: real Velero, csi-provisioner,
+// snapshot-controller + csi-snapshotter and our ceph-csi-faithful driver.
+
+// drSite is a clusterID of the test's own (config.json entry, Rook
+// ConfigMap entry, Secret, StorageClass and VolumeSnapshotClass), so the
+// stack's defaults are never touched.
+type drSite struct {
+	t     *testing.T
+	p     *realPath
+	id    string
+	class string // StorageClass and VolumeSnapshotClass name
+}
+
+const rookNS = "rook-ceph"
+
+func newDRSite(t *testing.T, p *realPath, a *cluster) *drSite {
+	t.Helper()
+	ctx := context.Background()
+	d := &drSite{t: t, p: p, id: "dr" + strings.ReplaceAll(uuid.NewString(), "-", "")[:8]}
+	d.class = d.id
+	k, s := p.sim.Kube, p.sim.Snap
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: rookNS, Name: d.id}}
+	if _, err := k.CoreV1().Secrets(rookNS).Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k.CoreV1().Secrets(rookNS).Delete(context.Background(), d.id, metav1.DeleteOptions{}) })
+	params := map[string]string{"clusterID": d.id, "pool": "replicapool", "imageFeatures": "layering", "imageFormat": "2",
+		"csi.storage.k8s.io/provisioner-secret-name": d.id, "csi.storage.k8s.io/provisioner-secret-namespace": rookNS,
+		"csi.storage.k8s.io/controller-expand-secret-name": d.id, "csi.storage.k8s.io/controller-expand-secret-namespace": rookNS,
+		"csi.storage.k8s.io/fstype": "ext4"}
+	del := corev1.PersistentVolumeReclaimDelete
+	if _, err := k.StorageV1().StorageClasses().Create(ctx, &storagev1.StorageClass{ObjectMeta: metav1.ObjectMeta{Name: d.class},
+		Provisioner: realDriver, Parameters: params, ReclaimPolicy: &del}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = k.StorageV1().StorageClasses().Delete(context.Background(), d.class, metav1.DeleteOptions{})
+	})
+	if _, err := s.SnapshotV1().VolumeSnapshotClasses().Create(ctx, &snapv1.VolumeSnapshotClass{ObjectMeta: metav1.ObjectMeta{Name: d.class},
+		Driver: realDriver, DeletionPolicy: snapv1.VolumeSnapshotContentRetain,
+		Parameters: map[string]string{"clusterID": d.id, "csi.storage.k8s.io/snapshotter-secret-name": d.id,
+			"csi.storage.k8s.io/snapshotter-secret-namespace": rookNS}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = s.SnapshotV1().VolumeSnapshotClasses().Delete(context.Background(), d.class, metav1.DeleteOptions{})
+	})
+	t.Cleanup(func() { d.rookEntry(nil) })
+	d.pointAt(a)
+	return d
+}
+
+// pointAt makes the site's clusterID name Ceph cluster c: the driver's
+// config.json (under its flock), lifeboat's Rook ConfigMap entry, and the
+// Secret's cephx key.
+func (d *drSite) pointAt(c *cluster) {
+	d.t.Helper()
+	setCSICluster(d.t, d.id, c.env.Monitors(), "")
+	d.rookEntry(c.env.Monitors())
+	ctx := context.Background()
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: rookNS, Name: d.id},
+		Data: map[string][]byte{"userID": []byte(c.env.Get("CEPH_CSI_USER")), "userKey": []byte(c.env.Get("CEPH_CSI_KEY"))}}
+	if _, err := d.p.sim.Kube.CoreV1().Secrets(rookNS).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// rookEntry sets (nil: removes) the clusterID's entry in Rook's ConfigMap.
+func (d *drSite) rookEntry(monitors []string) {
+	ctx := context.Background()
+	cms := d.p.sim.Kube.CoreV1().ConfigMaps(rookNS)
+	rookMu.Lock()
+	defer rookMu.Unlock()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cm, err := cms.Get(ctx, sim.RookConfigMap, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			cm, err = cms.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: sim.RookConfigMap, Namespace: rookNS},
+				Data: map[string]string{sim.RookConfigKey: "[]"}}, metav1.CreateOptions{})
+		}
+		if err != nil {
+			return err
+		}
+		if cm.Data == nil {
+			cm.Data = map[string]string{}
+		}
+		var entries []map[string]any
+		_ = json.Unmarshal([]byte(cm.Data[sim.RookConfigKey]), &entries)
+		out, _ := withoutCluster(entries, d.id)
+		if monitors != nil {
+			out = append(out, map[string]any{"clusterID": d.id, "monitors": monitors})
+		}
+		b, _ := json.Marshal(out)
+		cm.Data[sim.RookConfigKey] = string(b)
+		_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		d.t.Errorf("Rook ConfigMap entry %s: %v", d.id, err)
+	}
+}
+
+// pvc makes a claim of the site's class that Velero snapshots with the
+// site's VolumeSnapshotClass, and writes regions into it through librbd
+// on cluster c; it returns the claim and its sha256.
+func (d *drSite) pvc(c *cluster, name string, size uint64, seed int64, regions ...sim.Region) (*realPVC, string) {
+	d.t.Helper()
+	ctx := context.Background()
+	sc := d.class
+	_, err := d.p.sim.Kube.CoreV1().PersistentVolumeClaims(d.p.ns).Create(ctx, &corev1.PersistentVolumeClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: d.p.ns,
+			Annotations: map[string]string{"velero.io/csi-volumesnapshot-class": d.class}},
+		Spec: corev1.PersistentVolumeClaimSpec{
+			AccessModes:      []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			StorageClassName: &sc,
+			Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{
+				corev1.ResourceStorage: *resource.NewQuantity(int64(size), resource.BinarySI)}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		d.t.Fatalf("creating PVC %s: %v", name, err)
+	}
+	v := d.p.waitBound(name, 90*time.Second)
+	fill(d.t, c.conf(), v.Image, seed, regions)
+	return v, sim.ContentSHA256(size, regions, seed)
+}
+
+// fill writes regions of the simulator's seeded content into a
+// replicapool image through librbd on the cluster of conf, as a pod would
+// have written the volume; the rest stays holes.
+func fill(t testing.TB, conf, image string, seed int64, regions []sim.Region) {
+	t.Helper()
+	opts := env.Options()
+	opts.CephConf = conf
+	s, err := sim.New(context.Background(), opts)
+	if err != nil {
+		t.Fatalf("connecting to %s: %v", conf, err)
+	}
+	defer s.Close()
+	img, err := librbd.OpenImage(s.IOContext(), image, librbd.NoSnapshot)
+	if err != nil {
+		t.Fatalf("opening replicapool/%s: %v", image, err)
+	}
+	defer img.Close()
+	buf := make([]byte, MiB)
+	for _, r := range regions {
+		for off := r.Off; off < r.Off+r.Len; {
+			n := min(uint64(len(buf)), r.Off+r.Len-off)
+			clear(buf[:n])
+			sim.Render(buf[:n], off, regions, seed)
+			if _, err := img.WriteAt(buf[:n], int64(off)); err != nil {
+				t.Fatalf("writing replicapool/%s at %d: %v", image, off, err)
+			}
+			off += n
+		}
+	}
+	if err := img.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// setPoolID recreates pool (empty) until its id is want: a new cluster
+// numbers pools itself (pool_max + 1), so this is how a test chooses
+// whether the new site's pool gets the old id or another.
+func setPoolID(t testing.TB, conf, pool string, want int64) {
+	t.Helper()
+	for id := poolIDOf(t, conf, pool); id != want; id = poolIDOf(t, conf, pool) {
+		if id > want {
+			t.Fatalf("pool %s already has id %d > %d", pool, id, want)
+		}
+		cephTool(t, conf, "ceph", "osd", "pool", "rm", pool, pool, "--yes-i-really-really-mean-it")
+		cephTool(t, conf, "ceph", "osd", "pool", "create", pool, "8", "8")
+		cephTool(t, conf, "rbd", "pool", "init", pool)
+	}
+}
+
+// runPrinted runs the velero command lifeboat printed (as the stack's
+// admin) and returns the restore's name.
+func (p *realPath) runPrinted(t *testing.T, command string) string {
+	t.Helper()
+	f := strings.Fields(command)
+	if len(f) < 4 || f[0] != "velero" || f[1] != "restore" || f[2] != "create" {
+		t.Fatalf("lifeboat printed %q, not a velero restore create", command)
+	}
+	var args []string
+	for i := 1; i < len(f); i++ {
+		if f[i] == "--namespace" { // the helper sets Velero's namespace itself
+			i++
+			continue
+		}
+		args = append(args, f[i])
+	}
+	out := velero(t, append(args, "--labels", "lifeboat.io/e2e-namespace="+p.ns)...)
+	m := regexp.MustCompile(`Restore request "([^"]+)"`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no restore name in velero's output:\n%s", out)
+	}
+	return m[1]
+}
+
+// TestDisasterRecovery is the seed's story end to end: two PVCs backed up
+// by Velero on Ceph cluster A and exported by the agent; A destroyed and
+// the namespace deleted; a new cluster B under the same clusterID;
+// `lifeboat restore --velero-backup`, then the velero command it printed;
+// the PVCs Bound with the bytes they had. Once with B's replicapool at
+// another pool id (handles rewritten by a resource modifier), once at the
+// same id (no ConfigMap).
+func TestDisasterRecovery(t *testing.T) {
+	t.Run("new pool id", func(t *testing.T) { disasterRecovery(t, false) })
+	t.Run("same pool id", func(t *testing.T) { disasterRecovery(t, true) })
+}
+
+func disasterRecovery(t *testing.T, samePoolID bool) {
+	start := time.Now()
+	s3Creds(t)
+	a, b := newCluster(t, 25300, 28789), newCluster(t, 26300, 29789)
+	a.startAsync()
+	b.startAsync()
+	a.wait(t)
+	const poolA = 3
+	setPoolID(t, a.conf(), "replicapool", poolA)
+	p := newRealPath(t, "dr")
+	d := newDRSite(t, p, a)
+	w := &world{t: t, sim: p.sim, id: p.ns, driver: realDriver}
+	bucket := removedAtEnd(t, "dr-"+p.ns).name
+	initRepo(t, bucket)
+	repoFlags := []string{"--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket}
+	cfg := agentConfig(t, bucket, fmt.Sprintf("  includeNamespaces: [%q]\n  leaseName: lifeboat-%s\n", p.ns, d.id))
+	agentA := startAgent(t, w, env.Get("KUBECONFIG"), cfg, "dr-a-"+d.id, "--ceph-secret", d.id)
+
+	// A database-like volume (random pages, then text) and a file-like one
+	// (text and random runs with holes between).
+	db, shaDB := d.pvc(a, "db", 64*MiB, 31, sim.Region{Off: 0, Len: 40 * MiB, Kind: sim.Random}, sim.Region{Off: 40 * MiB, Len: 8 * MiB, Kind: sim.Text})
+	files, shaFiles := d.pvc(a, "files", 64*MiB, 32, sim.Region{Off: 2 * MiB, Len: 6 * MiB, Kind: sim.Text},
+		sim.Region{Off: 30*MiB + 777, Len: 3 * MiB, Kind: sim.Random}, sim.Region{Off: 56 * MiB, Len: 5 * MiB, Kind: sim.Text})
+	want := map[string]string{p.ns + "/db": shaDB, p.ns + "/files": shaFiles}
+	vols := map[string]*realPVC{p.ns + "/db": db, p.ns + "/files": files}
+
+	seen := p.watchContents()
+	backup := "dr-" + p.ns
+	if st := p.veleroBackup(backup); st.CSIVolumeSnapshotsCompleted != 2 {
+		t.Fatalf("velero backup %s: %d CSI snapshots completed, want 2", backup, st.CSIVolumeSnapshotsCompleted)
+	}
+	handles := map[string]string{}
+	for _, c := range seen.ofBackup(backup) {
+		for pvc, v := range vols {
+			if c.Spec.Source.VolumeHandle != nil && *c.Spec.Source.VolumeHandle == v.Handle && c.Status != nil && c.Status.SnapshotHandle != nil {
+				handles[pvc] = *c.Status.SnapshotHandle
+			}
+		}
+	}
+	if len(handles) != 2 {
+		t.Fatalf("the backup's snapshots: %v", handles)
+	}
+	ids := map[string]string{}
+	waitFor(t, "the agent to export both snapshots", 3*time.Minute, func() bool {
+		for pvc, h := range handles {
+			if bs := backupsOf(t, bucket, h); len(bs) == 1 {
+				ids[pvc] = bs[0]
+			}
+		}
+		return len(ids) == 2
+	}, agentA)
+	_ = agentA.cmd.Process.Kill()
+	t.Logf("backed up and exported after %s", time.Since(start).Round(time.Second))
+
+	// A second Velero backup whose files snapshot is never exported.
+	backup2 := backup + "-2"
+	p.veleroBackup(backup2)
+	var h2db string
+	for _, c := range seen.ofBackup(backup2) {
+		if c.Spec.Source.VolumeHandle != nil && *c.Spec.Source.VolumeHandle == db.Handle && c.Status != nil && c.Status.SnapshotHandle != nil {
+			h2db = *c.Status.SnapshotHandle
+		}
+	}
+	if r := w.run(append([]string{"export", h2db, "--ceph-secret", d.id}, repoFlags...)...); r.code != 0 {
+		t.Fatalf("export %s: %s", h2db, r.stderr)
+	}
+
+	// Disaster: the namespace and cluster A are gone.
+	p.deleteNamespace(2 * time.Minute)
+	a.stop(t)
+	b.wait(t)
+	poolB := int64(poolA)
+	if !samePoolID {
+		poolB = poolA + 2
+	}
+	setPoolID(t, b.conf(), "replicapool", poolB)
+	d.pointAt(b)
+	t.Logf("cluster B ready (replicapool id %d, A's was %d) after %s", poolB, poolA, time.Since(start).Round(time.Second))
+
+	restore := []string{"restore", "-o", "json", "--velero-backup", backup, "--velero-namespace", env.Get("VELERO_NAMESPACE"), "--ceph-secret", d.id}
+	began := time.Now()
+	r := w.run(append(restore, repoFlags...)...)
+	if r.code != 0 {
+		t.Fatalf("restore --velero-backup: exit %d: %s\n%s", r.code, r.stderr, r.stdout)
+	}
+	t.Logf("restore --velero-backup of 2 volumes: %s", time.Since(began).Round(10*time.Millisecond))
+	var out rehydration
+	mustJSON(t, r.stdout, &out)
+	for _, v := range out.Volumes {
+		if v.State != "Rehydrated" || v.OldHandle != handles[v.PVC] || (v.NewHandle != v.OldHandle) == samePoolID {
+			t.Errorf("%s: %+v (handle %s)", v.PVC, v, handles[v.PVC])
+		}
+	}
+	if samePoolID != (out.ConfigMap == "") || samePoolID == strings.Contains(out.Command, "--resource-modifier-configmap") {
+		t.Errorf("same pool id %v: ConfigMap %q, command %q, notes %v", samePoolID, out.ConfigMap, out.Command, out.Notes)
+	}
+	if samePoolID && !strings.Contains(strings.Join(out.Notes, " "), "no resource-modifier ConfigMap") {
+		t.Errorf("the command does not say no ConfigMap was needed: %v", out.Notes)
+	}
+
+	// The printed command → Completed; the PVCs bind with their bytes.
+	name := p.runPrinted(t, out.Command)
+	if st := veleroGet(t, "restores", name); st.Phase != "Completed" {
+		t.Fatalf("velero restore %s: %+v", name, st)
+	}
+	for pvc := range vols {
+		v := p.waitBound(strings.TrimPrefix(pvc, p.ns+"/"), 2*time.Minute)
+		if got := rbdSHA256(t, b.conf(), "replicapool/"+v.Image); got != want[pvc] {
+			t.Errorf("restored PVC %s (image %s in B): sha256 %s, want %s", pvc, v.Image, got, want[pvc])
+		}
+	}
+	t.Logf("PVCs Bound with their data after %s", time.Since(start).Round(time.Second))
+
+	// Run again: nothing rewritten.
+	r = w.run(append(restore, repoFlags...)...)
+	mustJSON(t, r.stdout, &out)
+	if r.code != 0 || out.states()[p.ns+"/db"] != "Verified" || out.states()[p.ns+"/files"] != "Verified" {
+		t.Errorf("rerun: exit %d %+v\n%s", r.code, out.Volumes, r.stderr)
+	}
+
+	// The agent against B: the restored snapshots are backed up already.
+	agentB := startAgent(t, w, env.Get("KUBECONFIG"), cfg, "dr-b-"+d.id, "--ceph-secret", d.id)
+	var restored []string
+	for _, c := range p.contents() {
+		if c.Labels["velero.io/restore-name"] == name {
+			restored = append(restored, c.Name)
+			waitFor(t, "the agent to mark "+c.Name+" Exported", time.Minute, func() bool {
+				ann := w.annotations(c.Name)
+				return ann["lifeboat.io/phase"] == "Exported" && ann["lifeboat.io/backup-id"] != ""
+			}, agentB)
+		}
+	}
+	if len(restored) != 2 {
+		t.Fatalf("restored VolumeSnapshotContents: %v", restored)
+	}
+	if n := len(listBackupsIn(t, bucket)); n != 3 {
+		t.Errorf("the repository holds %d backups, want 3 (nothing exported again)", n)
+	}
+	if r := w.run(append([]string{"verify", "--ceph-secret", d.id}, restored...)...); r.code != 0 {
+		t.Errorf("verify of the restored snapshots: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	if !samePoolID {
+		// The second backup: a foreign image where db's snapshot goes is
+		// left alone; files was never exported: named; exit 1 both times.
+		img, _ := snapshotImage(t, h2db)
+		spec := "replicapool/" + img
+		cephTool(t, b.conf(), "rbd", "create", "--size", "1M", spec)
+		r := w.run(append([]string{"restore", "-o", "json", "--velero-backup", backup2, "--velero-namespace", env.Get("VELERO_NAMESPACE"), "--ceph-secret", d.id}, repoFlags...)...)
+		mustJSON(t, r.stdout, &out)
+		if st := out.states(); r.code != 1 || st[p.ns+"/db"] != "Foreign" || st[p.ns+"/files"] != "Missing" {
+			t.Errorf("backup 2 with a foreign image: exit %d %+v", r.code, out.Volumes)
+		}
+		if info := cephTool(t, b.conf(), "rbd", "info", spec); !strings.Contains(info, "size 1 MiB") {
+			t.Errorf("the foreign image was changed:\n%s", info)
+		}
+		cephTool(t, b.conf(), "rbd", "rm", "--no-progress", spec)
+		r = w.run(append([]string{"restore", "-o", "json", "--velero-backup", backup2, "--velero-namespace", env.Get("VELERO_NAMESPACE"), "--ceph-secret", d.id}, repoFlags...)...)
+		mustJSON(t, r.stdout, &out)
+		if st := out.states(); r.code != 1 || st[p.ns+"/db"] != "Rehydrated" || st[p.ns+"/files"] != "Missing" {
+			t.Errorf("backup 2: exit %d %+v", r.code, out.Volumes)
+		}
+	}
+	// Leave B clean while it still answers: PVCs, then the snapshots.
+	p.deleteNamespace(2 * time.Minute)
+	for _, n := range restored {
+		_ = p.sim.Snap.SnapshotV1().VolumeSnapshotContents().Delete(context.Background(), n, metav1.DeleteOptions{})
+	}
+	t.Logf("done after %s", time.Since(start).Round(time.Second))
+}
+
+func listBackupsIn(t *testing.T, bucket string) []string {
+	t.Helper()
+	r := runLifeboat(t, "backups", "list", "-o", "json", "--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket)
+	if r.code != 0 {
+		t.Fatalf("backups list: %s", r.stderr)
+	}
+	var list []struct{ ID string }
+	mustJSON(t, r.stdout, &list)
+	var ids []string
+	for _, b := range list {
+		ids = append(ids, b.ID)
+	}
+	return ids
 }

@@ -10,6 +10,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -19,8 +21,11 @@ import (
 	"time"
 
 	librbd "github.com/ceph/go-ceph/rbd"
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/google/uuid"
 	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -29,6 +34,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"github.com/lifeboat-backup/lifeboat/rbd/handle"
+	"github.com/lifeboat-backup/lifeboat/test/csidriver"
 	"github.com/lifeboat-backup/lifeboat/test/sim"
 )
 
@@ -88,6 +94,27 @@ func renumberPool(t testing.TB, conf, pool string, avoid int64) int64 {
 		cephTool(t, conf, "rbd", "pool", "init", pool)
 	}
 	return poolIDOf(t, conf, pool)
+}
+
+// startDriver serves our CSI driver (test/csidriver) in the test process
+// on a socket of its own, with a config.json of its own.
+func startDriver(t *testing.T) (csi.ControllerClient, string) {
+	t.Helper()
+	dir := t.TempDir()
+	cfg, sock := filepath.Join(dir, "config.json"), filepath.Join(dir, "csi.sock")
+	d := csidriver.New(csidriver.Options{ConfigPath: cfg, InstanceID: "dr-" + uuid.NewString()[:8],
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- d.Serve(ctx, "unix://"+sock) }()
+	t.Cleanup(func() { stop(); <-served })
+	waitUntil(t, "the driver's socket", 5*time.Second, func() bool { _, err := os.Stat(sock); return err == nil })
+	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return csi.NewControllerClient(cc), cfg
 }
 
 // omapVal reads one omap value of a replicapool object in namespace ns.
@@ -259,6 +286,46 @@ func TestRehydrateIntoNewCluster(t *testing.T) {
 		}
 	}
 
+	// Our ceph-csi-faithful driver provisions a volume from each new
+	// handle, with the snapshot's bytes; the old handles do not resolve in B.
+	ctl, cfgPath := startDriver(t)
+	ci := csidriver.ClusterInfo{ClusterID: w.id, Monitors: b.env.Monitors()}
+	ci.RBD.RadosNamespace = w.id
+	if err := csidriver.SetCluster(cfgPath, ci); err != nil {
+		t.Fatal(err)
+	}
+	secrets := map[string]string{"userID": b.env.Get("CEPH_CSI_USER"), "userKey": b.env.Get("CEPH_CSI_KEY")}
+	createFrom := func(name, h string) (*csi.Volume, error) {
+		r, err := ctl.CreateVolume(context.Background(), &csi.CreateVolumeRequest{
+			Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: 64 * MiB},
+			VolumeCapabilities: []*csi.VolumeCapability{{
+				AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
+				AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}},
+			Parameters: map[string]string{"clusterID": w.id, "pool": "replicapool", "imageFeatures": "layering", "imageFormat": "2"},
+			Secrets:    secrets,
+			VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+				Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: h}}},
+		})
+		return r.GetVolume(), err
+	}
+	for _, v := range out.Volumes {
+		if _, err := createFrom("pvc-old-"+uuid.NewString(), v.OldHandle); err == nil {
+			t.Errorf("%s: the driver provisioned from the old handle %s in B", v.PVC, v.OldHandle)
+		}
+		vol, err := createFrom("pvc-"+uuid.NewString(), v.NewHandle)
+		if err != nil {
+			t.Fatalf("%s: CreateVolume from %s: %v", v.PVC, v.NewHandle, err)
+		}
+		id, _ := handle.Decode(vol.GetVolumeId())
+		img := vol.GetVolumeContext()["imageName"]
+		if img == "" {
+			img = "csi-vol-" + id.UUID
+		}
+		if got := rbdSHA256(t, b.conf(), "replicapool/"+w.id+"/"+img); got != sha[v.PVC] {
+			t.Errorf("%s: volume %s provisioned from %s has sha256 %s, want %s", v.PVC, img, v.NewHandle, got, sha[v.PVC])
+		}
+	}
+
 	// verify: a journal without csi.source is a problem ceph-csi would hit.
 	h := out.Volumes[0].NewHandle
 	content := w.content(h, true, 64*MiB)
@@ -269,6 +336,9 @@ func TestRehydrateIntoNewCluster(t *testing.T) {
 	cephTool(t, b.conf(), "rados", "-p", "replicapool", "-N", w.id, "rmomapkey", "csi.snap."+nu.UUID, "csi.source")
 	if r := w.run("verify", content, "--ceph-secret", secret); r.code != 1 || !strings.Contains(r.stdout, "JournalIncomplete") {
 		t.Errorf("verify of a journal without csi.source: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+	if _, err := createFrom("pvc-"+uuid.NewString(), h); err == nil || !strings.Contains(err.Error(), "no snap source") {
+		t.Errorf("the driver provisioned from a journal without csi.source (%v), as ceph-csi would not", err)
 	}
 
 	// Measured for the record: both volumes at once against two restores.

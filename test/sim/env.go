@@ -110,6 +110,9 @@ func (e Env) Options() Options {
 	o := DefaultOptions()
 	o.CephConf = e["CEPH_CONF"]
 	o.Kubeconfig = e["KUBECONFIG"]
+	if e["CSI_ENDPOINT"] != "" {
+		o.LiveDriver, o.CSIConfig = e["CSI_DRIVER"], e["CSI_CONFIG"]
+	}
 	return o
 }
 

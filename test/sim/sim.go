@@ -99,6 +99,14 @@ type Options struct {
 	// else "rook-ceph-block-<8 hex hash of them>" so that differently
 	// configured Sims sharing one API server never share a class.
 	StorageClass string
+	// LiveDriver is the CSI driver real csi-provisioner and csi-snapshotter
+	// serve in the stack (env CSI_DRIVER). When it is Driver, the Sim
+	// takes the real path where fabricated objects would race with them
+	// (see live.go).
+	LiveDriver string
+	// CSIConfig is lbcsi's config.json (env CSI_CONFIG); a live Sim adds
+	// its clusterID there when missing.
+	CSIConfig string
 	// SnapshotClass is the VolumeSnapshotClass used for snapshots; it is
 	// created if missing with Velero's label. Default
 	// "csi-rbdplugin-snapclass", with the same hash suffix rule.
@@ -224,6 +232,12 @@ func New(ctx context.Context, opts Options) (*Sim, error) {
 			return nil, fmt.Errorf("rados namespace %q: %w", ns, err)
 		}
 		s.ioctx.SetNamespace(ns)
+	}
+	if s.live() {
+		if err := s.ensureCSIConfig(); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("lbcsi config %s: %w", opts.CSIConfig, err)
+		}
 	}
 	return s, nil
 }

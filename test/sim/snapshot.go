@@ -64,6 +64,9 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 	if err := timeout(ctx); err != nil {
 		return nil, err
 	}
+	if s.live() {
+		return s.createSnapshotLive(ctx, v, backup)
+	}
 	if err := s.ensureSnapshotClass(ctx); err != nil {
 		return nil, fmt.Errorf("volumesnapshotclass: %w", err)
 	}
@@ -221,8 +224,18 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 	if err != nil {
 		return nil, fmt.Errorf("volumesnapshot %s/%s status: %w", v.Namespace, snap.VSName, err)
 	}
-	// Velero's annotations once the snapshot is ready, merge-patched: an
-	// Update could conflict with anyone else touching the object.
+	snap.VSName = vs.Name
+	if err := s.annotateVelero(ctx, snap); err != nil {
+		return nil, err
+	}
+	return snap, nil
+}
+
+// annotateVelero adds the annotations Velero's CSI plugin puts on a
+// VolumeSnapshot once it is ready, merge-patched: an Update could conflict
+// with anyone else touching the object.
+func (s *Sim) annotateVelero(ctx context.Context, snap *Snapshot) error {
+	qty := resource.NewQuantity(int64(snap.Size), resource.BinarySI)
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{
 		VeleroSnapshotHandleAnnotation: snap.Handle,
 		VeleroDriverNameAnnotation:     s.opts.Driver,
@@ -230,12 +243,13 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 		VeleroVSCDeletionPolicyAnnot:   string(snapv1.VolumeSnapshotContentRetain),
 	}}})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if _, err = vss.Patch(ctx, vs.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		return nil, fmt.Errorf("volumesnapshot %s/%s annotations: %w", v.Namespace, snap.VSName, err)
+	_, err = s.Snap.SnapshotV1().VolumeSnapshots(snap.VSNamespace).Patch(ctx, snap.VSName, types.MergePatchType, patch, metav1.PatchOptions{})
+	if err != nil {
+		return fmt.Errorf("volumesnapshot %s/%s annotations: %w", snap.VSNamespace, snap.VSName, err)
 	}
-	return snap, nil
+	return nil
 }
 
 // createContent creates the VolumeSnapshotContent of a dynamic snapshot.
@@ -388,6 +402,13 @@ func (s *Sim) Flatten(ctx context.Context, snap *Snapshot) error {
 // backup with a Retain class, an orphan only the handle leads to.
 func (s *Sim) DeleteContent(ctx context.Context, snap *Snapshot) error {
 	var errs []error
+	if s.live() && snap.ContentName != "" {
+		// Whatever the class said, deleting must not reach Ceph.
+		err := s.patchContent(ctx, snap.ContentName, map[string]any{"spec": map[string]any{"deletionPolicy": snapv1.VolumeSnapshotContentRetain}})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+	}
 	if snap.VSName != "" {
 		err := s.Snap.SnapshotV1().VolumeSnapshots(snap.VSNamespace).Delete(ctx, snap.VSName, metav1.DeleteOptions{})
 		if err != nil && !apierrors.IsNotFound(err) {
@@ -409,6 +430,13 @@ func (s *Sim) DeleteContent(ctx context.Context, snap *Snapshot) error {
 // the journal reservation. Removing the clone lets librbd drop the parent's
 // trash snapshot. It reports whether the clone stayed in the trash.
 func (s *Sim) DeleteSnapshot(ctx context.Context, snap *Snapshot) (trashed bool, err error) {
+	if s.live() && snap.ContentName != "" {
+		trashed, err := s.deleteSnapshotLive(ctx, snap)
+		if !apierrors.IsNotFound(err) {
+			return trashed, err
+		}
+		// No content any more: what the real path cannot do, directly.
+	}
 	if err := s.DeleteContent(ctx, snap); err != nil {
 		return false, err
 	}

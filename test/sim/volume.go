@@ -104,6 +104,7 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 	if dataSource != nil {
 		claim.Spec.DataSourceRef = &corev1.TypedObjectReference{APIGroup: dataSource.APIGroup, Kind: dataSource.Kind, Name: dataSource.Name}
 	}
+	preBound := s.preBind(claim)
 	pvcs := s.Kube.CoreV1().PersistentVolumeClaims(namespace)
 	claim, err = pvcs.Create(ctx, claim, metav1.CreateOptions{})
 	if err != nil {
@@ -119,6 +120,9 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		Pool:        s.opts.Pool,
 		RadosNS:     s.opts.RadosNamespace,
 		sim:         s,
+	}
+	if preBound != "" {
+		v.RequestName = preBound
 	}
 	v.PV = v.RequestName
 	vj := csidriver.VolumeJournal
@@ -155,6 +159,12 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		attrs["radosNamespace"] = s.opts.RadosNamespace
 	}
 	rn := s.opts.RookNamespace
+	// With live sidecars, Retain keeps csi-provisioner from deleting the
+	// image of a released PV behind DeleteVolume's back.
+	reclaim := corev1.PersistentVolumeReclaimDelete
+	if preBound != "" {
+		reclaim = corev1.PersistentVolumeReclaimRetain
+	}
 	pv := &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: v.PV,
@@ -167,7 +177,7 @@ func (s *Sim) provision(ctx context.Context, namespace, pvcName string, size uin
 		Spec: corev1.PersistentVolumeSpec{
 			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: qty},
 			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimDelete,
+			PersistentVolumeReclaimPolicy: reclaim,
 			StorageClassName:              sc,
 			VolumeMode:                    &fs,
 			ClaimRef: &corev1.ObjectReference{

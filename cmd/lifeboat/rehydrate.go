@@ -48,6 +48,7 @@ type rehydrateResult struct {
 }
 
 const rehydrateHelp = `
+
 With --velero-backup NAME (and no ID), restore brings back every CSI snapshot of Velero backup
 NAME that the repository holds, in a NEW Ceph cluster, the way ceph-csi had left it: the image
 <csi.imagename> with its snapshot of the same name (features layering,deep-flatten) and the

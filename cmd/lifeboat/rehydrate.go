@@ -93,7 +93,7 @@ func runRehydrate(cmd *cobra.Command, g *globals, rf *repoFlags, rh *rehydrateFl
 	openRepo := async(func() (*objectstore.Repository, error) { return rf.open(ctx, cmd) })
 	defer openRepo() // before b.Close
 	res := &rehydrateResult{VeleroBackup: rh.velero, DryRun: rh.dryRun, Notes: []string{}}
-	volumes := veleroVolumes(ctx, b, rh, res)
+	volumes := veleroVolumes(ctx, b, rh, g.driver, res)
 	repo, err := openRepo()
 	if err != nil {
 		return err
@@ -148,7 +148,7 @@ func runRehydrate(cmd *cobra.Command, g *globals, rf *repoFlags, rh *rehydrateFl
 // veleroVolumes asks Velero which CSI snapshots the backup has, so that
 // the ones the repository lacks can be named; without an answer, only the
 // repository's are known.
-func veleroVolumes(ctx context.Context, b *bridge.Bridge, rh *rehydrateFlags, res *rehydrateResult) []backup.VeleroVolume {
+func veleroVolumes(ctx context.Context, b *bridge.Bridge, rh *rehydrateFlags, driverSuffix string, res *rehydrateResult) []backup.VeleroVolume {
 	if rh.noVeleroList {
 		return nil
 	}
@@ -159,7 +159,7 @@ func veleroVolumes(ctx context.Context, b *bridge.Bridge, rh *rehydrateFlags, re
 			var out []backup.VeleroVolume
 			for _, in := range infos {
 				if in.CSISnapshotInfo != nil && in.CSISnapshotInfo.SnapshotHandle != "" && !in.Skipped &&
-					kube.IsRBDDriver(in.CSISnapshotInfo.Driver, "") {
+					kube.IsRBDDriver(in.CSISnapshotInfo.Driver, driverSuffix) {
 					out = append(out, backup.VeleroVolume{PVC: in.PVCNamespace + "/" + in.PVCName, Handle: in.CSISnapshotInfo.SnapshotHandle})
 				}
 			}

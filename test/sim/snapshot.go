@@ -218,7 +218,10 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 			ReadyToUse:                     &ready,
 			RestoreSize:                    qty,
 		}
-		vs, err = vss.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		updated, err := vss.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		if err == nil {
+			vs = updated // a failed attempt must not lose the name the retry reads
+		}
 		return err
 	})
 	if err != nil {

@@ -292,6 +292,31 @@ func TestRehydrateIntoNewCluster(t *testing.T) {
 		}
 	}
 
+	// Measured for the record, both warm: two lifeboat restores, then
+	// restore --velero-backup of the same two backups (its images removed).
+	var single time.Duration
+	for i, v := range out.Volumes {
+		start := time.Now()
+		rr := runLifeboat(t, append([]string{"restore", v.BackupID, "--to", "replicapool/" + w.id + "/single" + strconv.Itoa(i),
+			"--ceph-conf", b.conf()}, repo.flags()...)...)
+		single += time.Since(start)
+		if rr.code != 0 {
+			t.Fatalf("restore %s: %s", v.BackupID, rr.stderr)
+		}
+	}
+	for _, v := range out.Volumes {
+		cephTool(t, b.conf(), "rbd", "snap", "purge", "--no-progress", "replicapool/"+w.id+"/"+v.Image)
+		cephTool(t, b.conf(), "rbd", "rm", "--no-progress", "replicapool/"+w.id+"/"+v.Image)
+	}
+	start = time.Now()
+	out, _ = w.rehydrate(t, repo, 0, args...)
+	took = time.Since(start)
+	if st := out.states(); st[w.id+"/db"] != "Rehydrated" || st[w.id+"/files"] != "Rehydrated" {
+		t.Fatalf("after removing the images: %+v", out.Volumes)
+	}
+	t.Logf("restore --velero-backup of 2 volumes (%d MiB each, %d MiB of data): %s; two lifeboat restore: %s",
+		size/MiB, 40*m/MiB, took.Round(10*time.Millisecond), single.Round(10*time.Millisecond))
+
 	// Our ceph-csi-faithful driver provisions a volume from each new
 	// handle, with the snapshot's bytes; the old handles do not resolve in B.
 	ctl, cfgPath := startDriver(t)
@@ -347,30 +372,6 @@ func TestRehydrateIntoNewCluster(t *testing.T) {
 		t.Errorf("the driver provisioned from a journal without csi.source (%v), as ceph-csi would not", err)
 	}
 
-	// Measured for the record, both warm: two lifeboat restores, then
-	// restore --velero-backup of the same two backups (its images removed).
-	var single time.Duration
-	for i, v := range out.Volumes {
-		start := time.Now()
-		rr := runLifeboat(t, append([]string{"restore", v.BackupID, "--to", "replicapool/" + w.id + "/single" + strconv.Itoa(i),
-			"--ceph-conf", b.conf()}, repo.flags()...)...)
-		single += time.Since(start)
-		if rr.code != 0 {
-			t.Fatalf("restore %s: %s", v.BackupID, rr.stderr)
-		}
-	}
-	for _, v := range out.Volumes {
-		cephTool(t, b.conf(), "rbd", "snap", "purge", "--no-progress", "replicapool/"+w.id+"/"+v.Image)
-		cephTool(t, b.conf(), "rbd", "rm", "--no-progress", "replicapool/"+w.id+"/"+v.Image)
-	}
-	start = time.Now()
-	out, _ = w.rehydrate(t, repo, 0, args...)
-	took = time.Since(start)
-	if st := out.states(); st[w.id+"/db"] != "Rehydrated" || st[w.id+"/files"] != "Rehydrated" {
-		t.Fatalf("after removing the images: %+v", out.Volumes)
-	}
-	t.Logf("restore --velero-backup of 2 volumes (%d MiB each, %d MiB of data): %s; two lifeboat restore: %s",
-		size/MiB, 40*m/MiB, took.Round(10*time.Millisecond), single.Round(10*time.Millisecond))
 }
 
 // ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/lifeboat-backup/lifeboat/rbd/handle"
 	"github.com/lifeboat-backup/lifeboat/test/sim"
@@ -270,19 +271,27 @@ func (p *realPath) deleteNamespace(timeout time.Duration) {
 	})
 }
 
-// cleanup removes what the test left: its Velero backups and restores, the
-// namespace (PVCs → PVs → RBD images via csi-provisioner), and its
-// snapshots: the class keeps them (Retain), so their VolumeSnapshotContents
-// are switched to Delete first and csi-snapshotter removes the images.
+// cleanup removes what the test left: its Velero restores and backups
+// (`velero backup delete`, which also deletes the backup's CSI snapshots
+// through csi-snapshotter: a Backup object deleted by hand would come back
+// from the storage location), the namespace (PVCs → PVs → RBD images via
+// csi-provisioner), and the snapshots still known to Kubernetes: the class
+// keeps them (Retain), so their contents are switched to Delete first.
 func (p *realPath) cleanup() {
 	ctx := context.Background()
-	for _, kind := range []string{"restores.velero.io", "backups.velero.io"} {
-		_, _ = kubectl("delete", kind, "-n", env.Get("VELERO_NAMESPACE"), "-l", "lifeboat.io/e2e-namespace="+p.ns, "--wait=false")
+	sel := "lifeboat.io/e2e-namespace=" + p.ns
+	for _, kind := range []string{"restore", "backup"} {
+		cmd := exec.Command(env.Get("VELERO"), "--kubeconfig", env.Get("KUBECONFIG"), "--namespace", env.Get("VELERO_NAMESPACE"),
+			kind, "delete", "--selector", sel, "--confirm")
+		cmd.Env = append(os.Environ(), "HOME="+os.TempDir())
+		if out, err := cmd.CombinedOutput(); err != nil {
+			p.t.Logf("cleanup: velero %s delete: %v\n%s", kind, err, out)
+		}
 	}
 	_ = p.sim.Kube.CoreV1().Namespaces().Delete(ctx, p.ns, metav1.DeleteOptions{})
 	for _, c := range p.contents() {
 		if c.Spec.DeletionPolicy != snapv1.VolumeSnapshotContentDelete {
-			_, _ = p.sim.Snap.SnapshotV1().VolumeSnapshotContents().Patch(ctx, c.Name, "application/merge-patch+json",
+			_, _ = p.sim.Snap.SnapshotV1().VolumeSnapshotContents().Patch(ctx, c.Name, types.MergePatchType,
 				[]byte(`{"spec":{"deletionPolicy":"Delete"}}`), metav1.PatchOptions{})
 		}
 		_ = p.sim.Snap.SnapshotV1().VolumeSnapshotContents().Delete(ctx, c.Name, metav1.DeleteOptions{})

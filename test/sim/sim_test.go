@@ -33,6 +33,13 @@ func newSim(t *testing.T, mod func(*sim.Options)) (*sim.Sim, sim.Env, context.Co
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	t.Cleanup(cancel)
 	opts := env.Options()
+	// The stack's csi-provisioner and csi-snapshotter serve the default
+	// driver. These tests check the fabricated objects, so they take a
+	// driver of their own; TestLivePath takes the stack's.
+	live := opts.LiveDriver != ""
+	if live {
+		opts.Driver = uniq("sim") + ".rbd.csi.ceph.com"
+	}
 	if mod != nil {
 		mod(&opts)
 	}
@@ -41,6 +48,13 @@ func newSim(t *testing.T, mod func(*sim.Options)) (*sim.Sim, sim.Env, context.Co
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
+	if live {
+		t.Cleanup(func() {
+			if err := s.DeleteClasses(context.Background()); err != nil {
+				t.Error(err)
+			}
+		})
+	}
 	return s, env, ctx
 }
 
@@ -817,4 +831,73 @@ func TestFillLarge(t *testing.T) {
 	mib := float64(size*3/4) / (1 << 20)
 	t.Logf("fill %.0f MiB of %s: %v (%.0f MiB/s); snapshot %v; read+sha256 of %s: %v (%.0f MiB/s)",
 		mib, sizeStr, fill, mib/fill.Seconds(), snapDur, sizeStr, read, float64(size)/(1<<20)/read.Seconds())
+}
+
+// TestLivePath: with the stack's CSI sidecars serving the Sim's driver, the
+// Sim's snapshots go through snapshot-controller, csi-snapshotter and lbcsi,
+// and its PVCs are pre-bound so csi-provisioner leaves them alone.
+func TestLivePath(t *testing.T) {
+	env := sim.RequireEnv(t)
+	opts := env.Options()
+	if opts.LiveDriver == "" || opts.LiveDriver != opts.Driver {
+		msg := fmt.Sprintf("the stack runs no CSI sidecars for %s (env CSI_ENDPOINT, CSI_DRIVER): run `make stack-up`", opts.Driver)
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	s, _, ctx := newSim(t, func(o *sim.Options) { *o = opts })
+	ns := uniq("live")
+	tr := track(t, s, ns)
+	v, err := s.CreateVolume(ctx, ns, "data", 8<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.vols = append(tr.vols, v)
+	pvc, err := s.Kube.CoreV1().PersistentVolumeClaims(ns).Get(ctx, "data", metav1.GetOptions{})
+	if err != nil || v.PV == "pvc-"+string(pvc.UID) || pvc.Spec.VolumeName != v.PV {
+		t.Errorf("pvc %v (err %v) not pre-bound to %s", pvc.Spec.VolumeName, err, v.PV)
+	}
+	regions := []sim.Region{{Off: 0, Len: 2 << 20, Kind: sim.Random}}
+	if err := v.Fill(ctx, regions, 7); err != nil {
+		t.Fatal(err)
+	}
+	want := sim.ContentSHA256(8<<20, regions, 7)
+	snap, err := s.CreateSnapshot(ctx, v, "b-live")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.snaps = append(tr.snaps, snap)
+	vsc, err := s.Snap.SnapshotV1().VolumeSnapshotContents().Get(ctx, snap.ContentName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// csi-snapshotter wrote the handle lbcsi returned, and the finalizer
+	// says a real controller owns the content.
+	if vsc.Status == nil || vsc.Status.SnapshotHandle == nil || *vsc.Status.SnapshotHandle != snap.Handle ||
+		vsc.Spec.DeletionPolicy != "Retain" || vsc.Labels[sim.VeleroBackupNameLabel] != "b-live" || len(vsc.Finalizers) == 0 {
+		t.Errorf("volumesnapshotcontent %s: status %+v policy %s labels %v finalizers %v",
+			vsc.Name, vsc.Status, vsc.Spec.DeletionPolicy, vsc.Labels, vsc.Finalizers)
+	}
+	if got, err := s.ReadSnapshotSHA256(ctx, snap); err != nil || got != want {
+		t.Fatalf("snapshot sha256 %s, %v; want %s", got, err, want)
+	}
+	r, err := s.CreateVolumeFromSnapshot(ctx, snap, ns, "restored")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.vols = append(tr.vols, r)
+	if got, err := r.SHA256(ctx); err != nil || got != want {
+		t.Errorf("restored sha256 %s, %v; want %s", got, err, want)
+	}
+	trashed, err := s.DeleteSnapshot(ctx, snap)
+	if err != nil || !trashed {
+		t.Errorf("DeleteSnapshot with a restored child = %v, %v; want the clone in the trash", trashed, err)
+	}
+	if _, err := s.Snap.SnapshotV1().VolumeSnapshotContents().Get(ctx, snap.ContentName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("volumesnapshotcontent %s after DeleteSnapshot: %v", snap.ContentName, err)
+	}
+	if j, err := s.SnapshotJournal(snap.UUID); err == nil {
+		t.Errorf("journal csi.snap.%s left: %v", snap.UUID, j)
+	}
 }

@@ -412,19 +412,57 @@ func (s *Sim) DeleteContent(ctx context.Context, snap *Snapshot) error {
 			return err
 		}
 	}
+	// A real snapshot-controller puts finalizers on both (and may put them
+	// back): strip them until the objects are gone.
+	vss, vscs := s.Snap.SnapshotV1().VolumeSnapshots(snap.VSNamespace), s.Snap.SnapshotV1().VolumeSnapshotContents()
 	if snap.VSName != "" {
-		err := s.Snap.SnapshotV1().VolumeSnapshots(snap.VSNamespace).Delete(ctx, snap.VSName, metav1.DeleteOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			errs = append(errs, err)
-		}
+		errs = append(errs, deleteGone(ctx, "volumesnapshot "+snap.VSNamespace+"/"+snap.VSName,
+			func(ctx context.Context) (metav1.Object, error) {
+				return vss.Get(ctx, snap.VSName, metav1.GetOptions{})
+			},
+			func(ctx context.Context, p []byte) error {
+				_, err := vss.Patch(ctx, snap.VSName, types.MergePatchType, p, metav1.PatchOptions{})
+				return err
+			},
+			func(ctx context.Context) error { return vss.Delete(ctx, snap.VSName, metav1.DeleteOptions{}) }))
 	}
 	if snap.ContentName != "" {
-		err := s.Snap.SnapshotV1().VolumeSnapshotContents().Delete(ctx, snap.ContentName, metav1.DeleteOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			errs = append(errs, err)
-		}
+		errs = append(errs, deleteGone(ctx, "volumesnapshotcontent "+snap.ContentName,
+			func(ctx context.Context) (metav1.Object, error) {
+				return vscs.Get(ctx, snap.ContentName, metav1.GetOptions{})
+			},
+			func(ctx context.Context, p []byte) error {
+				_, err := vscs.Patch(ctx, snap.ContentName, types.MergePatchType, p, metav1.PatchOptions{})
+				return err
+			},
+			func(ctx context.Context) error { return vscs.Delete(ctx, snap.ContentName, metav1.DeleteOptions{}) }))
 	}
 	return errors.Join(errs...)
+}
+
+// deleteGone deletes an object and waits until it is gone, clearing its
+// finalizers as often as a controller puts them back. Missing is success.
+func deleteGone(ctx context.Context, what string, get func(context.Context) (metav1.Object, error),
+	patch func(context.Context, []byte) error, del func(context.Context) error) error {
+	return waitFor(ctx, what+" to go", func(ctx context.Context) (bool, error) {
+		o, err := get(ctx)
+		if apierrors.IsNotFound(err) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if len(o.GetFinalizers()) > 0 {
+			err = patch(ctx, []byte(`{"metadata":{"finalizers":null}}`))
+		}
+		if err == nil && o.GetDeletionTimestamp() == nil {
+			err = del(ctx)
+		}
+		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			err = nil
+		}
+		return false, err
+	})
 }
 
 // DeleteSnapshot deletes the objects (DeleteContent) and, like ceph-csi

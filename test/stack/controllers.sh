@@ -285,6 +285,7 @@ minio_s3() { # minio_s3 METHOD PATH: a signed S3 call; the key goes through stdi
 # on our MinIO, and its Deployment, scaled to 0: the server runs as a process,
 # but a restore reads deployments/velero).
 setup_velero_objects() {
+  mkdir -p "$D/velero"
   minio_s3 HEAD "$VELERO_BUCKET" >/dev/null 2>&1 || minio_s3 PUT "$VELERO_BUCKET" >/dev/null ||
     die "could not create bucket $VELERO_BUCKET on MinIO"
   "$LB_VELERO_BIN" install --dry-run -o json --namespace "$VELERO_NS" --provider aws \
@@ -318,30 +319,40 @@ ensure_velero() {
     (umask 077 && printf '[default]\naws_access_key_id=%s\naws_secret_access_key=%s\n' \
       "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >"$v/credentials")
   fi
-  setup_velero_objects
-  need_start velero "$LB_VELERO_PLUGIN_DIR" "$VELERO_METRICS_PORT" || return 0
-  kc=$(sa_kubeconfig velero "$VELERO_NS" velero)
-  # The plugins inherit the environment: AWS credentials from a file, not argv.
-  # No profiler (""), metrics on loopback; controller-runtime's listener is
-  # patched to 127.0.0.1 at build time (install.sh build_velero).
-  start_bg velero "$LB_VELERO_PLUGIN_DIR" env VELERO_NAMESPACE="$VELERO_NS" \
-    VELERO_SCRATCH_DIR="$v/scratch" AWS_SHARED_CREDENTIALS_FILE="$v/credentials" \
-    "$LB_VELERO_BIN" server --kubeconfig="$kc" --namespace="$VELERO_NS" \
-    --plugin-dir="$LB_VELERO_PLUGIN_DIR" --features=EnableCSI \
-    --metrics-address="127.0.0.1:$VELERO_METRICS_PORT" --profiler-address= \
-    --uploader-type=kopia --log-level=info
-  wait_for 90 "velero server (BackupStorageLocation default Available)" velero_ready || die "velero server not ready, see $D/logs/velero.log"
+  if need_start velero "$LB_VELERO_PLUGIN_DIR" "$VELERO_METRICS_PORT"; then
+    kc=$(sa_kubeconfig velero "$VELERO_NS" velero)
+    # The plugins inherit the environment: AWS credentials from a file, not argv.
+    # No profiler (""), metrics on loopback; controller-runtime's listener is
+    # patched to 127.0.0.1 at build time (install.sh build_velero).
+    start_bg velero "$LB_VELERO_PLUGIN_DIR" env VELERO_NAMESPACE="$VELERO_NS" \
+      VELERO_SCRATCH_DIR="$v/scratch" AWS_SHARED_CREDENTIALS_FILE="$v/credentials" \
+      "$LB_VELERO_BIN" server --kubeconfig="$kc" --namespace="$VELERO_NS" \
+      --plugin-dir="$LB_VELERO_PLUGIN_DIR" --features=EnableCSI \
+      --metrics-address="127.0.0.1:$VELERO_METRICS_PORT" --profiler-address= \
+      --uploader-type=kopia --log-level=info
+  fi
+  wait_for 90 "velero server (BackupStorageLocation default Available)" velero_ready ||
+    die "velero server not ready, see $D/logs/velero.log"
 }
 
 # ensure_controllers: everything of this file, in order. The CSI parts need a
 # tree with test/csidriver; without it the rest still starts.
 ensure_controllers() {
   mkdir -p "$D/velero"
-  apply_controller_rbac
+  # The API objects are applied when this file, the versions or the Ceph
+  # cluster (a new one has a new key) changed since the last apply: warm ups
+  # stay quick. etcd keeps them across restarts; `make stack-wipe` drops both.
+  local stamp
+  stamp=$(cat "$HERE/controllers.sh" "$HERE/lib.sh" "$D/ceph/cluster.env" | sha256sum | cut -c1-16)
+  if [[ $(cat "$D/run/objects.stamp" 2>/dev/null) != "$stamp" ]]; then
+    apply_controller_rbac
+    setup_rook_objects
+    setup_velero_objects
+    echo "$stamp" >"$D/run/objects.stamp"
+  fi
+  write_csi_config "$(ceph_monitors_json)"
   ensure_kube_controller_manager
   ensure_snapshot_controller
-  setup_rook_objects
-  write_csi_config "$(ceph_monitors_json)"
   if ensure_lbcsi; then
     ensure_sidecars
   fi

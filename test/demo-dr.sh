@@ -54,7 +54,7 @@ cleanup() {
     xargs -r kubectl delete volumesnapshotcontent --wait=false >/dev/null 2>&1 || true
   kubectl delete storageclass "$id" >/dev/null 2>&1 || true
   kubectl delete volumesnapshotclass "$id" >/dev/null 2>&1 || true
-  kubectl delete secret -n rook-ceph "$id" >/dev/null 2>&1 || true
+  kubectl delete secret,role,rolebinding -n rook-ceph "$id" >/dev/null 2>&1 || true
   csi_entry "" || true
   test/stack/ceph-cluster.sh stop "$A" --wipe >/dev/null 2>&1 || true
   test/stack/ceph-cluster.sh stop "$B" --wipe >/dev/null 2>&1 || true
@@ -68,6 +68,19 @@ test/stack/ceph-cluster.sh start "$B" "$b2" "$b1" >"$work/b.log" 2>&1 & # the ne
 b_pid=$!
 csi_entry "$A/cluster.env"
 kubectl apply -f - >/dev/null <<YAML
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: $id, namespace: rook-ceph}
+rules: [{apiGroups: [""], resources: [secrets], resourceNames: [$id], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: $id, namespace: rook-ceph}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: $id}
+subjects:
+- {kind: ServiceAccount, name: csi-provisioner, namespace: default}
+- {kind: ServiceAccount, name: csi-snapshotter, namespace: default}
+---
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
 metadata: {name: $id}

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -401,6 +402,24 @@ func newDRSite(t *testing.T, p *realPath, a *cluster) *drSite {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = k.CoreV1().Secrets(rookNS).Delete(context.Background(), d.id, metav1.DeleteOptions{}) })
+	// The sidecars may read only the Secrets they are granted, as in a
+	// cluster: a second Ceph cluster's Secret needs its own grant.
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: rookNS, Name: d.id},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{d.id}, Verbs: []string{"get"}}}}
+	bind := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: rookNS, Name: d.id},
+		RoleRef: rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: d.id},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "csi-provisioner", Namespace: "default"},
+			{Kind: "ServiceAccount", Name: "csi-snapshotter", Namespace: "default"}}}
+	if _, err := k.RbacV1().Roles(rookNS).Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.RbacV1().RoleBindings(rookNS).Create(ctx, bind, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = k.RbacV1().RoleBindings(rookNS).Delete(context.Background(), d.id, metav1.DeleteOptions{})
+		_ = k.RbacV1().Roles(rookNS).Delete(context.Background(), d.id, metav1.DeleteOptions{})
+	})
 	params := map[string]string{"clusterID": d.id, "pool": "replicapool", "imageFeatures": "layering", "imageFormat": "2",
 		"csi.storage.k8s.io/provisioner-secret-name": d.id, "csi.storage.k8s.io/provisioner-secret-namespace": rookNS,
 		"csi.storage.k8s.io/controller-expand-secret-name": d.id, "csi.storage.k8s.io/controller-expand-secret-namespace": rookNS,

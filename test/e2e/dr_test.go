@@ -656,24 +656,46 @@ func disasterRecovery(t *testing.T, samePoolID bool) {
 		}
 		return len(ids) == 2
 	}, agentA)
-	_ = agentA.cmd.Process.Kill()
 	t.Logf("backed up and exported after %s", time.Since(start).Round(time.Second))
 
-	// A second Velero backup whose files snapshot is never exported.
+	// A second Velero backup that also covers a PVC of another namespace,
+	// which the agent does not export: never in the repository.
+	var p2 *realPath
+	handles2 := map[string]string{}
 	backup2 := backup + "-2"
-	p.veleroBackup(backup2)
-	var h2db string
-	for _, c := range seen.ofBackup(backup2) {
-		if c.Spec.Source.VolumeHandle != nil && *c.Spec.Source.VolumeHandle == db.Handle && c.Status != nil && c.Status.SnapshotHandle != nil {
-			h2db = *c.Status.SnapshotHandle
+	if !samePoolID {
+		p2 = newRealPath(t, "drx")
+		d2 := *d
+		d2.p = p2
+		d2.pvc(a, "scratch", 64*MiB, 33, sim.Region{Off: 0, Len: 4 * MiB, Kind: sim.Text})
+		velero(t, "backup", "create", backup2, "--include-namespaces", p.ns+","+p2.ns, "--snapshot-volumes",
+			"--labels", "lifeboat.io/e2e-namespace="+p.ns, "--wait")
+		if st := veleroGet(t, "backups", backup2); st.Phase != "Completed" || st.CSIVolumeSnapshotsCompleted != 3 {
+			t.Fatalf("velero backup %s: %+v", backup2, st)
 		}
+		for _, c := range seen.ofBackup(backup2) {
+			for pvc, v := range vols {
+				if c.Spec.Source.VolumeHandle != nil && *c.Spec.Source.VolumeHandle == v.Handle && c.Status != nil && c.Status.SnapshotHandle != nil {
+					handles2[pvc] = *c.Status.SnapshotHandle
+				}
+			}
+		}
+		waitFor(t, "the agent to export backup 2's two snapshots", 3*time.Minute, func() bool {
+			n := 0
+			for _, h := range handles2 {
+				n += len(backupsOf(t, bucket, h))
+			}
+			return len(handles2) == 2 && n == 2
+		}, agentA)
 	}
-	if r := w.run(append([]string{"export", h2db, "--ceph-secret", d.id}, repoFlags...)...); r.code != 0 {
-		t.Fatalf("export %s: %s", h2db, r.stderr)
-	}
+	_ = agentA.cmd.Process.Kill()
+	exported := len(listBackupsIn(t, bucket))
 
-	// Disaster: the namespace and cluster A are gone.
+	// Disaster: the namespaces and cluster A are gone.
 	p.deleteNamespace(2 * time.Minute)
+	if p2 != nil {
+		p2.deleteNamespace(2 * time.Minute)
+	}
 	a.stop(t)
 	b.wait(t)
 	poolB := int64(poolA)
@@ -740,8 +762,8 @@ func disasterRecovery(t *testing.T, samePoolID bool) {
 	if len(restored) != 2 {
 		t.Fatalf("restored VolumeSnapshotContents: %v", restored)
 	}
-	if n := len(listBackupsIn(t, bucket)); n != 3 {
-		t.Errorf("the repository holds %d backups, want 3 (nothing exported again)", n)
+	if n := len(listBackupsIn(t, bucket)); n != exported {
+		t.Errorf("the repository holds %d backups, want %d (nothing exported again)", n, exported)
 	}
 	if r := w.run(append([]string{"verify", "--ceph-secret", d.id}, restored...)...); r.code != 0 {
 		t.Errorf("verify of the restored snapshots: exit %d\n%s%s", r.code, r.stdout, r.stderr)
@@ -749,23 +771,30 @@ func disasterRecovery(t *testing.T, samePoolID bool) {
 
 	if !samePoolID {
 		// The second backup: a foreign image where db's snapshot goes is
-		// left alone; files was never exported: named; exit 1 both times.
-		img, _ := snapshotImage(t, h2db)
+		// left alone; scratch was never exported: named; exit 1 both times.
+		img, _ := snapshotImage(t, handles2[p.ns+"/db"])
 		spec := "replicapool/" + img
 		cephTool(t, b.conf(), "rbd", "create", "--size", "1M", spec)
-		r := w.run(append([]string{"restore", "-o", "json", "--velero-backup", backup2, "--velero-namespace", env.Get("VELERO_NAMESPACE"), "--ceph-secret", d.id}, repoFlags...)...)
+		args2 := append([]string{"restore", "-o", "json", "--velero-backup", backup2, "--velero-namespace", env.Get("VELERO_NAMESPACE"), "--ceph-secret", d.id}, repoFlags...)
+		r := w.run(args2...)
+		out = rehydration{}
 		mustJSON(t, r.stdout, &out)
-		if st := out.states(); r.code != 1 || st[p.ns+"/db"] != "Foreign" || st[p.ns+"/files"] != "Missing" {
+		scratch := p2.ns + "/scratch"
+		if st := out.states(); r.code != 1 || st[p.ns+"/db"] != "Foreign" || st[p.ns+"/files"] != "Rehydrated" || st[scratch] != "Missing" {
 			t.Errorf("backup 2 with a foreign image: exit %d %+v", r.code, out.Volumes)
 		}
 		if info := cephTool(t, b.conf(), "rbd", "info", spec); !strings.Contains(info, "size 1 MiB") {
 			t.Errorf("the foreign image was changed:\n%s", info)
 		}
 		cephTool(t, b.conf(), "rbd", "rm", "--no-progress", spec)
-		r = w.run(append([]string{"restore", "-o", "json", "--velero-backup", backup2, "--velero-namespace", env.Get("VELERO_NAMESPACE"), "--ceph-secret", d.id}, repoFlags...)...)
+		r = w.run(args2...)
+		out = rehydration{}
 		mustJSON(t, r.stdout, &out)
-		if st := out.states(); r.code != 1 || st[p.ns+"/db"] != "Rehydrated" || st[p.ns+"/files"] != "Missing" {
+		if st := out.states(); r.code != 1 || st[p.ns+"/db"] != "Rehydrated" || st[p.ns+"/files"] != "Verified" || st[scratch] != "Missing" {
 			t.Errorf("backup 2: exit %d %+v", r.code, out.Volumes)
+		}
+		if r := w.run(append([]string{"restore", "--velero-backup", backup2, "--ceph-secret", d.id}, repoFlags...)...); !strings.Contains(r.stdout, scratch) {
+			t.Errorf("the table does not name the never-exported PVC %s:\n%s", scratch, r.stdout)
 		}
 	}
 	// Leave B clean while it still answers: PVCs, then the snapshots.

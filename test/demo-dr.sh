@@ -124,13 +124,13 @@ done
 kubectl wait -n "$ns" --for=jsonpath='{.status.phase}'=Bound pvc/db pvc/files --timeout=90s >/dev/null
 run kubectl get pvc -n "$ns"
 { cat "$stack/env"; cat "$A/cluster.env"; } >"$work/env-a" # lbsim writes into A
-sim() { ./bin/lbsim --env "$work/env-a" "$@"; }
+sim() { ./bin/lbsim --env "$work/env-a" --cluster-id "$id" "$@"; }
 sim write "$ns/db" --offset 0 --length 96M --kind random --seed 11 >/dev/null
 sim write "$ns/db" --offset 96M --length 32M --kind text --seed 12 >/dev/null
 sim write "$ns/files" --offset 4M --length 8M --kind text --seed 13 >/dev/null # the rest of files: holes
 sim write "$ns/files" --offset 40M --length 6M --kind random --seed 14 >/dev/null
 declare -A want
-for pvc in db files; do want[$pvc]=$(sim sha256 "$ns/$pvc"); echo "sha256 of $ns/$pvc: ${want[$pvc]}"; done
+for pvc in db files; do want[$pvc]=$(sim sha256 "$ns/$pvc" | sed "s/^SHA256=//"); echo "sha256 of $ns/$pvc: ${want[$pvc]}"; done
 
 say "Velero backs the namespace up (CSI snapshots in A); lifeboat's agent exports both snapshots to S3"
 head -c 32 /dev/urandom | base64 >"$work/repository.key"

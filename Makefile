@@ -115,8 +115,8 @@ LIFEBOAT_REEF_STACK_DIR ?= /tmp/lifeboat-stack-reef
 REEF_GO_TAGS ?= reef
 # Tests of the real CSI path (our driver lbcsi, csi-provisioner, csi-snapshotter,
 # Velero) talk to the host stack's Ceph through lbcsi, not to the Reef cluster:
-# they run in test-pacific only. Name such tests TestVelero*.
-REEF_SKIP ?= ^TestVelero
+# they run in test-pacific only (e2e: TestVelero*; test/sim: TestLivePath).
+REEF_SKIP ?= ^(TestVelero|TestLivePath)
 export LIFEBOAT_REEF_STACK_DIR
 REEF := $(STACK_SCRIPTS)/reef.sh
 
@@ -130,7 +130,7 @@ reef-up:
 test-reef: reef-up
 	LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec $(GO) vet -tags '$(REEF_GO_TAGS)' ./...
 	LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec $(GO) vet -tags 'e2e $(REEF_GO_TAGS)' ./test/e2e/
-	LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec $(GO) test -tags '$(REEF_GO_TAGS)' -count=1 -timeout 20m ./...
+	LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec $(GO) test -tags '$(REEF_GO_TAGS)' -count=1 -timeout 20m -skip '$(REEF_SKIP)' ./...
 	LB_REEF_GO_TAGS='$(REEF_GO_TAGS)' $(REEF) exec $(GO) test -tags 'e2e $(REEF_GO_TAGS)' -count=1 -timeout 40m -skip '$(REEF_SKIP)' ./test/e2e/
 
 ## bench-reef: make bench against Ceph Reef, where incrementals diff by snapshot id

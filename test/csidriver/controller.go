@@ -12,8 +12,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
-
-	"github.com/lifeboat-backup/lifeboat/rbd"
 )
 
 const oneGiB = 1 << 30
@@ -340,7 +338,7 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		defer c.close()
 	}
 	switch {
-	case errors.Is(err, rbd.ErrPoolNotFound):
+	case errors.Is(err, ErrPoolNotFound):
 		d.log.Warn("pool of volume gone: nothing to delete", "volume", h, "err", err)
 		return &csi.DeleteVolumeResponse{}, nil
 	case errors.Is(err, ErrImageNotFound):
@@ -362,11 +360,14 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	}
 	// ceph-csi removes <name>-temp first and leaves the retries to the
 	// mgr's trash remove task; synchronously, the child must go first.
-	if _, err := DeleteImage(c.ioctx, name); err != nil {
-		return nil, internal(err)
-	}
-	if _, err := DeleteImage(c.ioctx, name+"-temp"); err != nil {
-		return nil, internal(err)
+	for _, n := range []string{name, name + "-temp"} {
+		stays, err := DeleteImage(c.ioctx, n)
+		if err != nil {
+			return nil, internal(err)
+		}
+		if stays {
+			d.trashRemoveLater(c, n)
+		}
 	}
 	return &csi.DeleteVolumeResponse{}, internal(VolumeJournal.Undo(c.ioctx, d.opts.InstanceID, img.uuid, img.attrs.RequestName))
 }
@@ -420,7 +421,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	switch {
 	case errors.Is(err, ErrImageNotFound):
 		return nil, status.Errorf(codes.NotFound, "source Volume ID %s not found", req.GetSourceVolumeId())
-	case errors.Is(err, rbd.ErrPoolNotFound):
+	case errors.Is(err, ErrPoolNotFound):
 		return nil, status.Error(codes.NotFound, err.Error())
 	case err != nil:
 		return nil, internal(err)
@@ -549,7 +550,7 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 		defer c.close()
 	}
 	switch {
-	case errors.Is(err, rbd.ErrPoolNotFound):
+	case errors.Is(err, ErrPoolNotFound):
 		d.log.Warn("pool of snapshot gone: nothing to delete", "snapshot", h, "err", err)
 		return &csi.DeleteSnapshotResponse{}, nil
 	case errors.Is(err, ErrKeyNotFound):
@@ -567,8 +568,12 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 		return nil, err
 	}
 	defer release2()
-	if _, err := DeleteSnapshotImage(c.ioctx, img.attrs.ImageName); err != nil {
+	stays, err := DeleteSnapshotImage(c.ioctx, img.attrs.ImageName)
+	if err != nil {
 		return nil, internal(err)
+	}
+	if stays {
+		d.trashRemoveLater(c, img.attrs.ImageName)
 	}
 	return &csi.DeleteSnapshotResponse{}, internal(SnapshotJournal.Undo(c.ioctx, d.opts.InstanceID, img.uuid, img.attrs.RequestName))
 }
@@ -598,7 +603,7 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	switch {
 	case errors.Is(err, ErrImageNotFound):
 		return nil, status.Errorf(codes.NotFound, "volume ID %s not found", h)
-	case errors.Is(err, rbd.ErrPoolNotFound):
+	case errors.Is(err, ErrPoolNotFound):
 		return nil, status.Error(codes.NotFound, err.Error())
 	case err != nil:
 		return nil, internal(err)

@@ -40,9 +40,12 @@
 //     config's RADOS namespace -> image), createImage (format 2),
 //     cloneRbdImageFromSnapshot (clone format 2 of <imagename>@<imagename>
 //     with the StorageClass features, requested size >= snapshot size, then
-//     grown), validateImageFeatures, deleteImage (trash, then trash remove;
-//     an image whose trash snapshots have children stays in the trash, as
-//     ceph-csi's mgr task leaves it).
+//     grown), validateImageFeatures, deleteImage and trashRemoveImage (move
+//     to the RBD trash, then remove; an image whose trash snapshots still
+//     have children stays and is handed to the mgr's rbd_support "trash
+//     remove" task, which retries until they are gone). Unlike ceph-csi the
+//     first removal is tried at once, so what can go is gone when the call
+//     returns; a volume clone is removed before its <name>-temp parent.
 //   - internal/rbd/snapshot.go: createRBDClone (temporary snapshot on the
 //     parent, clone v2 with layering,deep-flatten, the temporary snapshot
 //     removed into the parent's trash namespace), cleanUpSnapshot.
@@ -55,8 +58,10 @@
 // topology-constrained pools (journal pool = image pool, so no
 // csi.journalpool); encryption (KMS keys); mirroring, replication and
 // CSI-Addons; thick provisioning; dataPool, striping and object size;
-// clone-depth flattening (rbdSoftMaxCloneDepth / minSnapshotsOnImage) and
-// the mgr task queue; the cluster-ID / pool-ID mapping file; volume
+// clone-depth flattening (rbdSoftMaxCloneDepth / minSnapshotsOnImage, the
+// mgr flatten tasks); the connection pool (one connection per request, so
+// a rewritten config takes effect at once); the cluster-ID / pool-ID
+// mapping file; volume
 // groups; image metadata (--setmetadata); ListVolumes / ListSnapshots /
 // GetCapacity; the rados namespace is not created (ceph-csi does not either).
 package csidriver

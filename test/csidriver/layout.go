@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
@@ -422,11 +423,56 @@ func DeleteImage(ioctx *rados.IOContext, name string) (trashed bool, err error) 
 	if err != nil {
 		return false, fmt.Errorf("rbd trash mv %s: %w", name, err)
 	}
-	if err := rbd.TrashRemove(ioctx, id, true); err != nil {
-		if isErrno(err, 16) || isErrno(err, 39) { // EBUSY, ENOTEMPTY: children
+	return trashRemove(ioctx, name, id)
+}
+
+// trashRemove removes a trashed image. While snapshots in its trash
+// namespace have children it cannot go and stays (stays=true, no error:
+// ceph-csi's mgr task fails the same way after ceph-csi answered). Other
+// EBUSY/ENOTEMPTY failures are retried briefly - a concurrent operation on
+// a parent or child holds the image for a moment - and then count as
+// staying too.
+func trashRemove(ioctx *rados.IOContext, name, id string) (stays bool, err error) {
+	for try := 1; ; try++ {
+		err := rbd.TrashRemove(ioctx, id, true)
+		switch {
+		case err == nil || errors.Is(err, rbd.ErrNotFound):
+			return false, nil
+		case !isErrno(err, 16) && !isErrno(err, 39): // EBUSY, ENOTEMPTY
+			return true, fmt.Errorf("rbd trash rm %s (%s): %w", name, id, err)
+		case try == 5:
 			return true, nil
 		}
-		return true, fmt.Errorf("rbd trash rm %s (%s): %w", name, id, err)
+		if kids, err := hasChildren(ioctx, id); err == nil && kids {
+			return true, nil
+		}
+		time.Sleep(time.Duration(try) * 200 * time.Millisecond)
+	}
+}
+
+// hasChildren reports whether a snapshot of the image with this ID, in any
+// snapshot namespace, has clones.
+func hasChildren(ioctx *rados.IOContext, id string) (bool, error) {
+	img, err := rbd.OpenImageByIdReadOnly(ioctx, id, rbd.NoSnapshot)
+	if err != nil {
+		return false, err
+	}
+	defer img.Close()
+	snaps, err := img.GetSnapshotNames()
+	if err != nil {
+		return false, err
+	}
+	for _, sn := range snaps {
+		if err := img.SetSnapByID(sn.Id); err != nil {
+			return false, err
+		}
+		kids, err := img.ListChildrenAttributes()
+		if err != nil {
+			return false, err
+		}
+		if len(kids) > 0 {
+			return true, nil
+		}
 	}
 	return false, nil
 }
@@ -439,8 +485,8 @@ func cleanTrash(ioctx *rados.IOContext, name string) error {
 	}
 	for _, t := range list {
 		if t.Name == name {
-			if err := rbd.TrashRemove(ioctx, t.Id, true); err != nil && !isErrno(err, 16) && !isErrno(err, 39) {
-				return fmt.Errorf("rbd trash rm %s (%s): %w", name, t.Id, err)
+			if _, err := trashRemove(ioctx, name, t.Id); err != nil {
+				return err
 			}
 		}
 	}

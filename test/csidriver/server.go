@@ -2,22 +2,25 @@ package csidriver
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/ceph/go-ceph/rados"
+	librbd "github.com/ceph/go-ceph/rbd"
+	"github.com/ceph/go-ceph/rbd/admin"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/lifeboat-backup/lifeboat/rbd"
 	"github.com/lifeboat-backup/lifeboat/rbd/handle"
 )
 
@@ -191,7 +194,7 @@ func credentials(secrets map[string]string) (user, key string, err error) {
 // conn is one request's connection to a cluster, opened to one pool and
 // the config's RADOS namespace.
 type conn struct {
-	cluster   *rbd.Cluster
+	rados     *rados.Conn
 	clusterID string
 	info      ClusterInfo
 	pool      string
@@ -203,8 +206,8 @@ func (c *conn) close() {
 	if c.ioctx != nil {
 		c.ioctx.Destroy()
 	}
-	if c.cluster != nil {
-		c.cluster.Close()
+	if c.rados != nil {
+		c.rados.Shutdown()
 	}
 }
 
@@ -230,32 +233,99 @@ func (d *Driver) connect(ctx context.Context, clusterID string, secrets map[stri
 	if err != nil {
 		return nil, err
 	}
-	cl, err := rbd.Connect(ctx, rbd.ClusterConfig{ID: clusterID, Monitors: info.Monitors, User: user, Key: key})
+	rc, err := dial(ctx, info.Monitors, user, key)
+	if err != nil {
+		return nil, fmt.Errorf("cluster ID %q: %w", clusterID, err)
+	}
+	return &conn{rados: rc, clusterID: clusterID, info: info}, nil
+}
+
+// connectTimeout bounds connecting and each monitor or OSD operation, so
+// that a cluster that is gone fails the request instead of hanging it.
+const connectTimeout = 10 * time.Second
+
+// dial connects to the monitors as client.<user> with a cephx key, like
+// ceph-csi's connection pool (internal/util/conn_pool.go) minus the pool.
+func dial(ctx context.Context, monitors []string, user, key string) (*rados.Conn, error) {
+	// librados prints a key it cannot decode to stderr: refuse it here.
+	if _, err := base64.StdEncoding.DecodeString(key); err != nil {
+		return nil, fmt.Errorf("the userKey of client.%s is not a cephx key (base64)", user)
+	}
+	rc, err := rados.NewConnWithUser(user)
 	if err != nil {
 		return nil, err
 	}
-	return &conn{cluster: cl, clusterID: clusterID, info: info}, nil
+	secs := strconv.Itoa(int(connectTimeout.Seconds()))
+	for _, o := range [][2]string{
+		{"mon_host", strings.Join(monitors, ",")}, {"key", key},
+		{"client_mount_timeout", secs}, {"rados_mon_op_timeout", secs}, {"rados_osd_op_timeout", secs},
+		{"log_to_stderr", "false"}, {"err_to_stderr", "false"},
+	} {
+		if err := rc.SetConfigOption(o[0], o[1]); err != nil {
+			rc.Shutdown()
+			return nil, fmt.Errorf("setting %s: %w", o[0], err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- rc.Connect() }()
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		go func() { <-done; rc.Shutdown() }() // librados cannot be interrupted
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		rc.Shutdown()
+		return nil, fmt.Errorf("connecting to monitors %s as client.%s: %w: check the monitors in the config and the Secret's key",
+			strings.Join(monitors, ","), user, err)
+	}
+	return rc, nil
 }
+
+// ErrPoolNotFound is wrapped when a handle's pool ID is not in the cluster
+// (ceph-csi's util.ErrPoolNotFound).
+var ErrPoolNotFound = errors.New("pool not found")
 
 // openPool sets the connection's pool by name (and the config's RADOS
 // namespace).
 func (c *conn) openPool(pool string) error {
-	ioctx, err := c.cluster.IOContext(pool, c.info.RBD.RadosNamespace)
+	ioctx, err := c.rados.OpenIOContext(pool)
 	if err != nil {
-		return err
+		if errors.Is(err, rados.ErrNotFound) {
+			return fmt.Errorf("%w: %q in cluster ID %q", ErrPoolNotFound, pool, c.clusterID)
+		}
+		return fmt.Errorf("opening pool %q: %w", pool, err)
 	}
+	ioctx.SetNamespace(c.info.RBD.RadosNamespace)
 	c.ioctx, c.pool, c.poolID = ioctx, pool, ioctx.GetPoolID()
 	return nil
 }
 
-// openPoolID sets the connection's pool by ID (util.GetPoolName); an
-// unknown ID wraps rbd.ErrPoolNotFound.
+// openPoolID sets the connection's pool by ID (util.GetPoolName).
 func (c *conn) openPoolID(id int64) error {
-	name, err := c.cluster.PoolName(id)
-	if err != nil {
-		return err
+	name, err := c.rados.GetPoolByID(id)
+	if err != nil || name == "" {
+		if err == nil || errors.Is(err, rados.ErrNotFound) {
+			return fmt.Errorf("%w: pool ID(%d) not found in Ceph cluster ID %q", ErrPoolNotFound, id, c.clusterID)
+		}
+		return fmt.Errorf("looking up pool ID %d: %w", id, err)
 	}
 	return c.openPool(name)
+}
+
+// trashRemoveLater hands an image that stayed in the RBD trash to the
+// mgr's rbd_support task queue, as ceph-csi's trashRemoveImage does: the
+// mgr retries (30 s, backing off to 5 min) until its children are gone.
+func (d *Driver) trashRemoveLater(c *conn, name string) {
+	list, err := librbd.GetTrashList(c.ioctx)
+	for _, t := range list {
+		if t.Name == name && err == nil {
+			_, err = admin.NewFromConn(c.rados).Task().AddTrashRemove(admin.NewImageSpec(c.pool, c.info.RBD.RadosNamespace, t.Id))
+		}
+	}
+	if err != nil {
+		d.log.Warn("image stays in the RBD trash: no mgr task to remove it later", "image", name, "err", err)
+	}
 }
 
 // fromHandle decodes a handle, connects to its cluster and opens its pool:

@@ -24,9 +24,10 @@ import (
 // watch saw, deleted ones included: Velero deletes the contents it made
 // when the backup finalizes (the class's Retain keeps the RBD snapshots).
 type vscSeen struct {
-	mu      sync.Mutex
-	last    map[string]*snapv1.VolumeSnapshotContent
-	deleted map[string]bool
+	mu       sync.Mutex
+	last     map[string]*snapv1.VolumeSnapshotContent
+	labelled map[string]time.Time // first seen with velero.io/backup-name
+	deleted  map[string]time.Time
 }
 
 // watchContents records the namespace's VolumeSnapshotContents until the
@@ -38,7 +39,7 @@ func (p *realPath) watchContents() *vscSeen {
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	seen := &vscSeen{last: map[string]*snapv1.VolumeSnapshotContent{}, deleted: map[string]bool{}}
+	seen := &vscSeen{last: map[string]*snapv1.VolumeSnapshotContent{}, labelled: map[string]time.Time{}, deleted: map[string]time.Time{}}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -49,8 +50,11 @@ func (p *realPath) watchContents() *vscSeen {
 			}
 			seen.mu.Lock()
 			seen.last[c.Name] = c.DeepCopy()
+			if _, ok := seen.labelled[c.Name]; !ok && c.Labels["velero.io/backup-name"] != "" {
+				seen.labelled[c.Name] = time.Now()
+			}
 			if ev.Type == watch.Deleted {
-				seen.deleted[c.Name] = true
+				seen.deleted[c.Name] = time.Now()
 			}
 			seen.mu.Unlock()
 		}
@@ -63,6 +67,10 @@ func (p *realPath) watchContents() *vscSeen {
 func (s *vscSeen) ofBackup(b string) map[string]*snapv1.VolumeSnapshotContent {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.ofBackupLocked(b)
+}
+
+func (s *vscSeen) ofBackupLocked(b string) map[string]*snapv1.VolumeSnapshotContent {
 	out := map[string]*snapv1.VolumeSnapshotContent{}
 	for n, c := range s.last {
 		if c.Labels["velero.io/backup-name"] == b {
@@ -112,6 +120,27 @@ func TestVeleroBackupRestore(t *testing.T) {
 	if len(handles) != 2 {
 		t.Fatalf("the backup's VolumeSnapshotContents cover %v, want db and logs", handles)
 	}
+	// Velero 1.18 deletes the VolumeSnapshots and contents it made when the
+	// backup finalizes (Retain keeps the RBD snapshots): an agent watching
+	// contents has that long to see them. Say how long it was, and how far
+	// the agent got meanwhile.
+	waitUntil(t, "Velero to delete the backup's VolumeSnapshotContents", time.Minute, func() bool {
+		seen.mu.Lock()
+		defer seen.mu.Unlock()
+		n := 0
+		for name := range seen.ofBackupLocked(backup) {
+			if _, ok := seen.deleted[name]; ok {
+				n++
+			}
+		}
+		return n == 2
+	})
+	seen.mu.Lock()
+	for name, c := range seen.ofBackupLocked(backup) {
+		t.Logf("VolumeSnapshotContent %s: labelled by Velero for %s before Velero deleted it; last lifeboat.io/phase %q",
+			name, seen.deleted[name].Sub(seen.labelled[name]).Round(time.Millisecond), c.Annotations["lifeboat.io/phase"])
+	}
+	seen.mu.Unlock()
 	// Each snapshot holds the bytes written before it.
 	for pvc, h := range handles {
 		img, snap := snapshotImage(t, h)
@@ -178,6 +207,16 @@ func TestVeleroBackupRestore(t *testing.T) {
 		}
 		if c.Labels["velero.io/backup-name"] != backup || c.Spec.DeletionPolicy != snapv1.VolumeSnapshotContentRetain {
 			t.Errorf("restored VolumeSnapshotContent %s: labels %v, deletionPolicy %s", c.Name, c.Labels, c.Spec.DeletionPolicy)
+		}
+		// Velero's annotations on the restored VolumeSnapshot, from the backup.
+		ref := c.Spec.VolumeSnapshotRef
+		vs, err := p.sim.Snap.SnapshotV1().VolumeSnapshots(ref.Namespace).Get(context.Background(), ref.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("restored VolumeSnapshot %s/%s: %v", ref.Namespace, ref.Name, err)
+		}
+		if vs.Annotations["velero.io/csi-volumesnapshot-handle"] != h || vs.Annotations["velero.io/csi-driver-name"] != realDriver ||
+			vs.Labels["velero.io/backup-name"] != backup {
+			t.Errorf("restored VolumeSnapshot %s/%s: labels %v annotations %v", vs.Namespace, vs.Name, vs.Labels, vs.Annotations)
 		}
 		waitFor(t, "the agent to annotate "+c.Name, time.Minute, func() bool {
 			ann := w.annotations(c.Name)

@@ -218,10 +218,7 @@ func (s *Sim) CreateSnapshot(ctx context.Context, v *Volume, backup string) (_ *
 			ReadyToUse:                     &ready,
 			RestoreSize:                    qty,
 		}
-		updated, err := vss.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
-		if err == nil {
-			vs = updated // a failed attempt must not lose the name the retry reads
-		}
+		_, err = vss.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
 		return err
 	})
 	if err != nil {

@@ -24,9 +24,6 @@ ROOK_SECRET=rook-csi-rbd-provisioner
 ROOK_CONFIGMAP=rook-ceph-csi-config
 REPO=$(cd "$HERE/../.." && pwd)
 
-# The controllers in start order; down.sh stops them in reverse.
-CONTROLLERS=(kube-controller-manager snapshot-controller lbcsi csi-provisioner csi-snapshotter velero)
-
 kubectl_() { "$LB_KUBECTL" "$@"; }
 
 # sa_kubeconfig NAME NAMESPACE SA: a kubeconfig (mode 600, never in argv or
@@ -323,13 +320,15 @@ ensure_velero() {
     kc=$(sa_kubeconfig velero "$VELERO_NS" velero)
     # The plugins inherit the environment: AWS credentials from a file, not argv.
     # No profiler (""), metrics on loopback; controller-runtime's listener is
-    # patched to 127.0.0.1 at build time (install.sh build_velero).
+    # patched to 127.0.0.1 at build time (install.sh build_velero). Several
+    # tests share this server: backups run side by side, so one waiting out
+    # its CSI snapshot timeout does not queue the others behind it.
     start_bg velero "$LB_VELERO_PLUGIN_DIR" env VELERO_NAMESPACE="$VELERO_NS" \
       VELERO_SCRATCH_DIR="$v/scratch" AWS_SHARED_CREDENTIALS_FILE="$v/credentials" \
       "$LB_VELERO_BIN" server --kubeconfig="$kc" --namespace="$VELERO_NS" \
       --plugin-dir="$LB_VELERO_PLUGIN_DIR" --features=EnableCSI \
       --metrics-address="127.0.0.1:$VELERO_METRICS_PORT" --profiler-address= \
-      --uploader-type=kopia --log-level=info
+      --uploader-type=kopia --log-level=info --concurrent-backups=4
   fi
   wait_for 90 "velero server (BackupStorageLocation default Available)" velero_ready ||
     die "velero server not ready, see $D/logs/velero.log"

@@ -302,8 +302,10 @@ write_env() {
   local release e=$ROOT$REEF_D
   release=$(awk '{print $(NF-1)}' "$ROOT/$READY")
   {
-    # The host stack's env (API server, MinIO, tokens, binaries) with Ceph replaced.
-    grep -vE '^(CEPH_[A-Z0-9_]*|LIFEBOAT_STACK_DIR|LIFEBOAT_CEPH_RELEASE|LIFEBOAT_HOST_STACK_DIR|LIFEBOAT_REEF_CHROOT)=' "$HOST_D/env"
+    # The host stack's env (API server, MinIO, tokens, binaries) with Ceph replaced,
+    # and without the real CSI path and Velero: their driver talks to the host's
+    # cluster, not to this one (make test-reef skips their tests).
+    grep -vE '^(CEPH_[A-Z0-9_]*|LIFEBOAT_STACK_DIR|LIFEBOAT_CEPH_RELEASE|LIFEBOAT_HOST_STACK_DIR|LIFEBOAT_REEF_CHROOT|CSI_[A-Z_]*|VELERO[A-Z_]*|PATH)=' "$HOST_D/env"
     cat "$e/ceph/cluster.env"
     cat <<ENV
 LIFEBOAT_STACK_DIR=$REEF_D

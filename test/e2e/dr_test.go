@@ -593,14 +593,14 @@ func (p *realPath) runPrinted(t *testing.T, command string) string {
 	return m[1]
 }
 
-// TestDisasterRecovery is the seed's story end to end: two PVCs backed up
+// TestVeleroDisasterRecovery is the seed's story end to end: two PVCs backed up
 // by Velero on Ceph cluster A and exported by the agent; A destroyed and
 // the namespace deleted; a new cluster B under the same clusterID;
 // `lifeboat restore --velero-backup`, then the velero command it printed;
 // the PVCs Bound with the bytes they had. Once with B's replicapool at
 // another pool id (handles rewritten by a resource modifier), once at the
 // same id (no ConfigMap).
-func TestDisasterRecovery(t *testing.T) {
+func TestVeleroDisasterRecovery(t *testing.T) {
 	t.Run("new pool id", func(t *testing.T) { disasterRecovery(t, false) })
 	t.Run("same pool id", func(t *testing.T) { disasterRecovery(t, true) })
 }

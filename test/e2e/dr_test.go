@@ -293,6 +293,18 @@ func TestRehydrateIntoNewCluster(t *testing.T) {
 		}
 	}
 
+	// A run interrupted after writing db's image but before its snapshot
+	// (lifeboat's mark on it, no snapshot) is finished by the next one.
+	dbImg := "replicapool/" + w.id + "/" + snaps[w.id+"/db"].ImageName
+	cephTool(t, b.conf(), "rbd", "snap", "purge", "--no-progress", dbImg)
+	out, _ = w.rehydrate(t, repo, 0, args...)
+	if st := out.states(); st[w.id+"/db"] != "Rehydrated" || st[w.id+"/files"] != "Verified" {
+		t.Errorf("after an interrupted run: %+v", out.Volumes)
+	}
+	if got := rbdSHA256(t, b.conf(), dbImg+"@"+snaps[w.id+"/db"].SnapName); got != sha[w.id+"/db"] {
+		t.Errorf("db after an interrupted run: sha256 %s, want %s", got, sha[w.id+"/db"])
+	}
+
 	// Measured for the record, both warm: two lifeboat restores, then
 	// restore --velero-backup of the same two backups (its images removed).
 	var single time.Duration
@@ -363,6 +375,17 @@ func TestRehydrateIntoNewCluster(t *testing.T) {
 	content := w.content(h, true, int64(size))
 	if r := w.run("verify", content, "--ceph-secret", secret); r.code != 0 {
 		t.Errorf("verify of the rehydrated snapshot: exit %d: %s%s", r.code, r.stdout, r.stderr)
+	}
+	// Two contents with one handle (e.g. the original and a restored one):
+	// resolve names both rather than pick one.
+	content2 := w.content(h, true, int64(size))
+	rr := w.run("resolve", h, "-o", "json", "--ceph-secret", secret)
+	var shared struct {
+		Contents []string `json:"volumeSnapshotContents"`
+	}
+	mustJSON(t, rr.stdout, &shared)
+	if rr.code != 0 || len(shared.Contents) != 2 || !contains(shared.Contents, content) || !contains(shared.Contents, content2) {
+		t.Errorf("resolve %s with two contents: exit %d, contents %v; want %s and %s", h, rr.code, shared.Contents, content, content2)
 	}
 	nu, _ := handle.Decode(h)
 	cephTool(t, b.conf(), "rados", "-p", "replicapool", "-N", w.id, "rmomapkey", "csi.snap."+nu.UUID, "csi.source")

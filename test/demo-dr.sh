@@ -52,6 +52,7 @@ cleanup() {
   kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
   kubectl get volumesnapshotcontents -o json | jq -r --arg ns "$ns" '.items[] | select(.spec.volumeSnapshotRef.namespace == $ns) | .metadata.name' |
     xargs -r kubectl delete volumesnapshotcontent --wait=false >/dev/null 2>&1 || true
+  kubectl delete configmap -n "$VELERO_NAMESPACE" "lifeboat-rehydrate-$backup" >/dev/null 2>&1 || true
   kubectl delete storageclass "$id" >/dev/null 2>&1 || true
   kubectl delete volumesnapshotclass "$id" >/dev/null 2>&1 || true
   kubectl delete secret,role,rolebinding -n rook-ceph "$id" >/dev/null 2>&1 || true

@@ -656,6 +656,12 @@ func disasterRecovery(t *testing.T, samePoolID bool) {
 
 	seen := p.watchContents()
 	backup := "dr-" + p.ns
+	t.Cleanup(func() { // the resource-modifier ConfigMaps restore --velero-backup writes
+		for _, b := range []string{backup, backup + "-2"} {
+			_ = p.sim.Kube.CoreV1().ConfigMaps(env.Get("VELERO_NAMESPACE")).Delete(context.Background(),
+				"lifeboat-rehydrate-"+b, metav1.DeleteOptions{})
+		}
+	})
 	if st := p.veleroBackup(backup); st.CSIVolumeSnapshotsCompleted != 2 {
 		t.Fatalf("velero backup %s: %d CSI snapshots completed, want 2", backup, st.CSIVolumeSnapshotsCompleted)
 	}

@@ -26,11 +26,14 @@ const (
 	NotCloneChild    Code = "NotCloneChild"
 	ParentMissing    Code = "ParentMissing"
 	SizeMismatch     Code = "SizeMismatch"
+	// JournalIncomplete: the journal entry csi.snap.<uuid> lacks a key
+	// ceph-csi needs to restore a volume from the snapshot (csi.source).
+	JournalIncomplete Code = "JournalIncomplete"
 )
 
 // Codes lists the vocabulary, for metrics that must show zeros too.
 var Codes = []Code{MalformedHandle, UnknownCluster, PoolNotFound, ImageNotFound, SnapshotNotFound,
-	NotReady, FeatureMissing, NotCloneChild, ParentMissing, SizeMismatch}
+	NotReady, FeatureMissing, NotCloneChild, ParentMissing, SizeMismatch, JournalIncomplete}
 
 // Problem is one finding, with a message that says what and where.
 type Problem struct {
@@ -73,6 +76,16 @@ func CheckSnapshotImage(info *ImageInfo, snap string, restoreSize int64) (proble
 			spec, snap, s.Size, restoreSize))
 	}
 	return problems, info.Parent == nil
+}
+
+// CheckJournal reports a snapshot's journal entry that ceph-csi cannot
+// restore a volume from.
+func CheckJournal(ref Ref) []Problem {
+	if ref.JournalLacks == "" {
+		return nil
+	}
+	return []Problem{problem(JournalIncomplete, "the ceph-csi journal entry (csi.snap.<uuid>) of %s in %s lacks %s: ceph-csi cannot restore a volume from this snapshot; rewrite it (lifeboat restore --velero-backup does) or restore with lifeboat restore",
+		ref.Image, Ref{Pool: ref.Pool, Namespace: ref.Namespace}.Spec(), ref.JournalLacks)}
 }
 
 func checkClone(info *ImageInfo, spec string) []Problem {

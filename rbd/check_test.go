@@ -98,3 +98,16 @@ func TestValidKey(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckJournal(t *testing.T) {
+	if p := CheckJournal(Ref{Pool: "replicapool", Image: "csi-snap-x", FromJournal: true, Source: "csi-vol-y"}); len(p) != 0 {
+		t.Errorf("complete journal: %v", p)
+	}
+	p := CheckJournal(Ref{Pool: "replicapool", Image: "csi-snap-x", FromJournal: true, JournalLacks: "csi.source"})
+	if len(p) != 1 || p[0].Code != JournalIncomplete || !strings.Contains(p[0].Message, "csi.source") {
+		t.Errorf("journal without csi.source: %v", p)
+	}
+	if ok, why := (SnapJournal{ImageName: "csi-snap-x"}).Complete(); ok || !strings.Contains(why, "no snap source") {
+		t.Errorf("Complete() = %v, %q", ok, why)
+	}
+}

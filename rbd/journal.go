@@ -66,6 +66,9 @@ type Ref struct {
 	// FromJournal is false when the journal object was missing and the
 	// image name comes from ceph-csi's naming convention.
 	FromJournal bool
+	// JournalLacks says what a snapshot's journal entry lacks that ceph-csi
+	// needs to restore a volume from it ("" when nothing).
+	JournalLacks string
 }
 
 // Spec is pool[/namespace]/image[@snapshot], the notation of the rbd CLI.
@@ -121,6 +124,10 @@ func (c *Cluster) Resolve(id handle.ID, kind Kind, opts ResolveOptions) (Ref, er
 		ref.RequestName = string(vals[keyRequestName])
 		if kind == Volume {
 			ref.RequestName = string(vals[keyVolName])
+		} else if ref.Source == "" {
+			// ceph-csi's CreateVolume from this snapshot fails with "no
+			// snap source in omap" (internal/journal/voljournal.go).
+			ref.JournalLacks = keySource
 		}
 	}
 	if kind == Snapshot {

@@ -5,7 +5,8 @@
 # behaviour), `velero backup create`, lifeboat's agent exporting the snapshot to
 # S3 while Velero works, the questions admins ask today with `rbd ls | grep`
 # (which image is this snapshot, is it healthy), and `velero restore create`.
-# Ceph stays alive: restoring after its loss is the next step (not done yet).
+# Then test/demo-dr.sh: Ceph is lost, and the same Velero backup restores into a
+# new Ceph cluster after `lifeboat restore --velero-backup`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stack=${LIFEBOAT_STACK_DIR:-/tmp/lifeboat-stack}
@@ -109,3 +110,5 @@ got=$(sim sha256 "$ns/shop-db")
 echo "restored volume: $got"
 echo "before backup:   $want"
 [[ $got == "$want" ]] && echo "== Bit-exact: Velero's restore from the CSI snapshot holds the data lifeboat also has in S3."
+
+test/demo-dr.sh

@@ -45,6 +45,9 @@ func printResolution(cmd *cobra.Command, r *bridge.Resolution) {
 	defer w.Flush()
 	kv := func(k string, v any) { row(w, k+":", v) }
 	kv("VolumeSnapshotContent", r.VolumeSnapshotContent)
+	if len(r.VolumeSnapshotContents) > 1 {
+		kv("Shared by", strings.Join(r.VolumeSnapshotContents, ", ")+fmt.Sprintf(" (%d VolumeSnapshotContents have this handle)", len(r.VolumeSnapshotContents)))
+	}
 	kv("VolumeSnapshot", r.VolumeSnapshot)
 	kv("PVC", r.PVC)
 	kv("Velero backup", r.VeleroBackup)

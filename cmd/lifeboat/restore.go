@@ -14,8 +14,10 @@ func newRestoreCmd(g *globals) *cobra.Command {
 	rf := &repoFlags{}
 	var to, cluster string
 	var opts backup.RestoreOptions
+	rh := &rehydrateFlags{}
 	cmd := &cobra.Command{
-		Use:   "restore ID --to POOL[/NS]/IMAGE (--cluster CLUSTERID | --ceph-conf FILE)",
+		Use: "restore ID --to POOL[/NS]/IMAGE (--cluster CLUSTERID | --ceph-conf FILE)\n" +
+			"  lifeboat restore --velero-backup NAME [--cluster CLUSTERID | --ceph-conf FILE] [--cluster-id-map OLD=NEW] [--dry-run]",
 		Short: "Restore a backup into a new RBD image, in any Ceph cluster",
 		Long: `restore creates POOL[/NAMESPACE]/IMAGE with the backup's size and features and writes its
 data (sparse: holes are not written) in parallel, checking every chunk's hash and, at the end,
@@ -23,9 +25,27 @@ the SHA-256 of the whole image. It refuses an existing image unless --force. On 
 removes the image it created (unless --keep-partial) and names the chunk and offset that failed.
 
 The target cluster is named by --cluster (a clusterID in ceph-csi's config, with its Secret) or
-by --ceph-conf [--ceph-user] [--ceph-keyring]: a brand-new cluster after the old one is gone.`,
-		Args: cobra.ExactArgs(1),
+by --ceph-conf [--ceph-user] [--ceph-keyring]: a brand-new cluster after the old one is gone.` + rehydrateHelp,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if rh.velero != "" {
+				if len(args) > 0 || to != "" || opts.Snapshot != "" || opts.Features != "" || opts.KeepPartial {
+					return fmt.Errorf("--velero-backup restores every snapshot of a Velero backup: name no backup ID, --to, --snapshot, --features or --keep-partial")
+				}
+				return nil
+			}
+			if rh.dryRun || len(rh.clusterIDMap) > 0 || cmd.Flags().Changed("velero-namespace") || rh.noVeleroList {
+				return fmt.Errorf("--dry-run, --cluster-id-map, --velero-namespace and --no-velero-volumes go with --velero-backup")
+			}
+			if len(args) != 1 || to == "" {
+				return fmt.Errorf("name a backup ID and --to POOL[/NAMESPACE]/IMAGE, or --velero-backup NAME")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if rh.velero != "" {
+				rh.cluster, rh.force, rh.verify = cluster, opts.Force, opts.ReadBack
+				return runRehydrate(cmd, g, rf, rh)
+			}
 			ctx := cmd.Context()
 			ref, err := parseSpec(to, false)
 			if err != nil {
@@ -63,14 +83,14 @@ by --ceph-conf [--ceph-user] [--ceph-keyring]: a brand-new cluster after the old
 	}
 	addRepoFlags(cmd, rf)
 	f := cmd.Flags()
-	f.StringVar(&to, "to", "", "target image POOL[/NAMESPACE]/IMAGE (required)")
+	f.StringVar(&to, "to", "", "target image POOL[/NAMESPACE]/IMAGE (required with an ID)")
 	f.StringVar(&cluster, "cluster", "", "target cluster: a clusterID of ceph-csi's config")
 	f.BoolVar(&opts.Force, "force", false, "overwrite the target image if it exists")
 	f.BoolVar(&opts.KeepPartial, "keep-partial", false, "keep the image a failed restore created")
 	f.StringVar(&opts.Snapshot, "snapshot", "", "create this snapshot on the restored image")
 	f.BoolVar(&opts.ReadBack, "verify", false, "read the restored image back from Ceph and compare it chunk by chunk with the backup")
 	f.StringVar(&opts.Features, "features", "", "image features instead of the backup's, e.g. layering,exclusive-lock")
-	_ = cmd.MarkFlagRequired("to")
+	addRehydrateFlags(cmd, rh)
 	return cmd
 }
 

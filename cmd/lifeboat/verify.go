@@ -19,7 +19,8 @@ a clone v2 whose parent image and snapshot still exist (a flattened clone is fin
 snapshot's size equals status.restoreSize.
 
 Problem codes: MalformedHandle, UnknownCluster, PoolNotFound, ImageNotFound, SnapshotNotFound,
-NotReady, FeatureMissing, NotCloneChild, ParentMissing, SizeMismatch.
+NotReady, FeatureMissing, NotCloneChild, ParentMissing, SizeMismatch, JournalIncomplete (the
+ceph-csi journal entry lacks csi.source: ceph-csi cannot restore a volume from it).
 
 When verifying all, it also lists orphans: CSI snapshot images in the pools in use that no
 VolumeSnapshotContent points to (typically left behind under a Retain policy).

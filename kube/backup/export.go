@@ -14,6 +14,7 @@ import (
 	"github.com/lifeboat-backup/lifeboat/kube"
 	"github.com/lifeboat-backup/lifeboat/objectstore"
 	"github.com/lifeboat-backup/lifeboat/rbd"
+	"github.com/lifeboat-backup/lifeboat/rbd/handle"
 )
 
 // Manifest source keys. Lineage identifies the volume whose successive
@@ -42,6 +43,15 @@ const (
 	KeyParentNamespace = "parentNamespace"
 	KeyParentImageID   = "parentImageID"
 	KeyParentSnapID    = "parentSnapID"
+	// What `restore --velero-backup` needs to recreate the snapshot as
+	// ceph-csi left it, from the repository alone (see rehydrate.go): the
+	// journal's csi.source (the source volume image) and csi.snapname (the
+	// CSI request name), whether the journal had an entry at all, and the
+	// image name prefix (VolumeSnapshotClass snapshotNamePrefix).
+	KeyCSISource   = "csiSource"
+	KeyRequestName = "csiRequestName"
+	KeyJournal     = "csiJournal"
+	KeyNamePrefix  = "snapshotNamePrefix"
 
 	MetaFeatures      = "features"
 	MetaOrder         = "order"
@@ -67,7 +77,11 @@ type Source struct {
 // Kubernetes identity, and the lineage of its PVC (the source volume image
 // in ceph-csi's journal), which successive snapshots share.
 func CSISource(s kube.Snapshot, h string, ref rbd.Ref, cl *rbd.Cluster) Source {
-	src := Source{Cluster: cl, Ref: ref, Labels: map[string]string{KeyHandle: h}}
+	src := Source{Cluster: cl, Ref: ref, Labels: map[string]string{KeyHandle: h,
+		KeyCSISource: ref.Source, KeyRequestName: ref.RequestName, KeyJournal: strconv.FormatBool(ref.FromJournal)}}
+	if id, err := handle.Decode(h); err == nil && strings.HasSuffix(ref.Image, id.UUID) {
+		src.Labels[KeyNamePrefix] = strings.TrimSuffix(ref.Image, id.UUID)
+	}
 	if s.Content != nil {
 		src.Labels[KeyContent] = s.Content.Name
 		src.Labels[KeyVolumeSnapshot] = s.VolumeSnapshotName()

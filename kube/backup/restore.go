@@ -41,6 +41,11 @@ type RestoreOptions struct {
 	// chunk's id with the backup's: proof of what landed, not only of what
 	// was sent.
 	ReadBack bool
+	// Meta is image-meta set on a created image before any data is
+	// written (rehydration marks its images so).
+	Meta map[string]string
+	// Progress, if set, is told of the bytes of each chunk written.
+	Progress func(bytes int64)
 }
 
 // Restore writes backup m into a new image (sparse: holes are not written)
@@ -66,9 +71,21 @@ func Restore(ctx context.Context, repo *objectstore.Repository, m *objectstore.M
 			}
 		}
 	}()
+	if created {
+		for k, v := range opts.Meta {
+			if err := t.Cluster.SetImageMeta(t.Pool, t.Namespace, t.Image, k, v); err != nil {
+				return err
+			}
+		}
+	}
+	progress := func(int64) {}
+	if opts.Progress != nil {
+		progress = opts.Progress
+	}
 	if !created {
 		// Overwriting: holes must become zeros too.
 		err = repo.StreamAll(ctx, m, opts.Parallel, func(off int64, data []byte) error {
+			progress(int64(len(data)))
 			if allZero(data) {
 				return w.Zero(uint64(off), uint64(len(data)))
 			}
@@ -76,7 +93,10 @@ func Restore(ctx context.Context, repo *objectstore.Repository, m *objectstore.M
 		})
 	} else {
 		// A fresh image is zeros: only the extents are written.
-		err = repo.Stream(ctx, m, opts.Parallel, func(off int64, data []byte) error { return w.WriteAt(data, uint64(off)) })
+		err = repo.Stream(ctx, m, opts.Parallel, func(off int64, data []byte) error {
+			progress(int64(len(data)))
+			return w.WriteAt(data, uint64(off))
+		})
 	}
 	if err != nil {
 		return fmt.Errorf("restoring backup %s into %s: %w", m.ID, t.spec(), err)
@@ -85,7 +105,7 @@ func Restore(ctx context.Context, repo *objectstore.Repository, m *objectstore.M
 		return err
 	}
 	if opts.ReadBack {
-		if err := readBack(ctx, repo, t, m, opts.Parallel); err != nil {
+		if err := readBack(ctx, repo, t, "", m, opts.Parallel); err != nil {
 			return err
 		}
 	}
@@ -95,11 +115,20 @@ func Restore(ctx context.Context, repo *objectstore.Repository, m *objectstore.M
 	return nil
 }
 
+// VerifyImage reads image t at snapshot snap ("" for its head) and
+// compares it with backup m, as restore --verify does.
+func VerifyImage(ctx context.Context, repo *objectstore.Repository, t Target, snap string, m *objectstore.Manifest, parallel int) error {
+	if parallel <= 0 {
+		parallel = DefaultParallel
+	}
+	return readBack(ctx, repo, t, snap, m, parallel)
+}
+
 // readBack reads the restored image from Ceph and compares it, chunk by
 // chunk, with the backup's extents: each non-zero chunk must be the
 // extent at its offset, with the same id.
-func readBack(ctx context.Context, repo *objectstore.Repository, t Target, m *objectstore.Manifest, parallel int) error {
-	r, err := t.Cluster.OpenSnapshot(t.Pool, t.Namespace, t.Image, "")
+func readBack(ctx context.Context, repo *objectstore.Repository, t Target, snap string, m *objectstore.Manifest, parallel int) error {
+	r, err := t.Cluster.OpenSnapshot(t.Pool, t.Namespace, t.Image, snap)
 	if err != nil {
 		return err
 	}

@@ -130,3 +130,14 @@ func (b *Bridge) clusterConfig(ctx context.Context, id string) (rbd.ClusterConfi
 	}
 	return rbd.ClusterConfig{ID: id, Monitors: c.Monitors, User: cred.ID, Key: cred.Key, Timeout: b.opts.CephTimeout}, nil
 }
+
+// CSINamespace is the RADOS namespace ceph-csi's config sets for a
+// clusterID; ok is false when the config cannot be read or lacks it.
+func (b *Bridge) CSINamespace(ctx context.Context, id string) (string, bool) {
+	cl, err := b.csiClusters(ctx)
+	if err != nil {
+		return "", false
+	}
+	c, ok := kube.FindCluster(cl, id)
+	return c.RadosNamespace(), ok
+}

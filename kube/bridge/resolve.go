@@ -26,24 +26,27 @@ func imageOf(ref rbd.Ref) Image {
 
 // Resolution is everything lifeboat knows of one CSI snapshot.
 type Resolution struct {
-	VolumeSnapshotContent string          `json:"volumeSnapshotContent,omitempty"`
-	VolumeSnapshot        string          `json:"volumeSnapshot,omitempty"`
-	PVC                   string          `json:"pvc,omitempty"`
-	VeleroBackup          string          `json:"veleroBackup,omitempty"`
-	Handle                string          `json:"snapshotHandle"`
-	Image                 Image           `json:"image"`
-	ImageID               string          `json:"imageID"`
-	FSID                  string          `json:"fsid"`
-	Source                string          `json:"source,omitempty"`
-	FromJournal           bool            `json:"fromJournal"`
-	Size                  uint64          `json:"size"`
-	SnapshotSize          uint64          `json:"snapshotSize"`
-	Features              []string        `json:"features"`
-	OpFeatures            []string        `json:"opFeatures"`
-	Parent                *rbd.ParentInfo `json:"parent,omitempty"`
-	Overlap               uint64          `json:"overlap"`
-	Flattened             bool            `json:"flattened"`
-	Info                  *rbd.ImageInfo  `json:"-"`
+	VolumeSnapshotContent string `json:"volumeSnapshotContent,omitempty"`
+	// VolumeSnapshotContents lists every content with this handle when
+	// there are several (e.g. the original and one a Velero restore made).
+	VolumeSnapshotContents []string        `json:"volumeSnapshotContents,omitempty"`
+	VolumeSnapshot         string          `json:"volumeSnapshot,omitempty"`
+	PVC                    string          `json:"pvc,omitempty"`
+	VeleroBackup           string          `json:"veleroBackup,omitempty"`
+	Handle                 string          `json:"snapshotHandle"`
+	Image                  Image           `json:"image"`
+	ImageID                string          `json:"imageID"`
+	FSID                   string          `json:"fsid"`
+	Source                 string          `json:"source,omitempty"`
+	FromJournal            bool            `json:"fromJournal"`
+	Size                   uint64          `json:"size"`
+	SnapshotSize           uint64          `json:"snapshotSize"`
+	Features               []string        `json:"features"`
+	OpFeatures             []string        `json:"opFeatures"`
+	Parent                 *rbd.ParentInfo `json:"parent,omitempty"`
+	Overlap                uint64          `json:"overlap"`
+	Flattened              bool            `json:"flattened"`
+	Info                   *rbd.ImageInfo  `json:"-"`
 }
 
 // Locate decodes a snapshot handle and finds its image in Ceph, without
@@ -77,10 +80,8 @@ func (b *Bridge) Find(ctx context.Context, target string) (kube.Snapshot, string
 		if err != nil {
 			return kube.Snapshot{}, "", err
 		}
-		for _, s := range all {
-			if s.Handle() == target {
-				return s, target, nil
-			}
+		if same := withHandle(all, target); len(same) > 0 {
+			return same[0], target, nil
 		}
 		return kube.Snapshot{}, target, nil
 	}
@@ -108,6 +109,9 @@ func (b *Bridge) Resolve(ctx context.Context, target string) (*Resolution, error
 		return nil, err
 	}
 	r := &Resolution{Handle: h}
+	if err := b.sharing(ctx, r); err != nil {
+		return nil, err
+	}
 	if s.Content != nil {
 		r.VolumeSnapshotContent = s.Content.Name
 		r.VolumeSnapshot = s.VolumeSnapshotName()
@@ -130,6 +134,34 @@ func (b *Bridge) Resolve(ctx context.Context, target string) (*Resolution, error
 		r.SnapshotSize = snap.Size
 	}
 	return r, nil
+}
+
+func withHandle(all []kube.Snapshot, h string) []kube.Snapshot {
+	var out []kube.Snapshot
+	for _, s := range all {
+		if s.Handle() == h {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// sharing lists every VolumeSnapshotContent with r's handle when there is
+// more than one: which of them a user means is not resolve's to guess.
+func (b *Bridge) sharing(ctx context.Context, r *Resolution) error {
+	if b.Kube == nil {
+		return nil
+	}
+	all, err := b.Kube.ListSnapshots(ctx, b.opts.DriverSuffix)
+	if err != nil {
+		return err
+	}
+	if same := withHandle(all, r.Handle); len(same) > 1 {
+		for _, s := range same {
+			r.VolumeSnapshotContents = append(r.VolumeSnapshotContents, s.Content.Name)
+		}
+	}
+	return nil
 }
 
 // problemCode maps an error to the problem it shows, or false when the

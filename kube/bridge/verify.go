@@ -75,8 +75,14 @@ func (b *Bridge) Verify(ctx context.Context, names []string) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Orphans need every content's image, not only the named ones.
-	checked, err := b.checkAll(ctx, all)
+	// Orphans (looked for when none is named) need every content's
+	// image; named ones need only theirs (other clusters may not even be
+	// reachable with the credentials given).
+	scope := all
+	if len(names) > 0 {
+		scope = targets
+	}
+	checked, err := b.checkAll(ctx, scope)
 	if err != nil {
 		return nil, err
 	}
@@ -173,6 +179,7 @@ func (b *Bridge) check(ctx context.Context, s kube.Snapshot) (c checked, err err
 	if !s.Ready() {
 		return c, nil // an unfinished snapshot is only NotReady
 	}
+	add(rbd.CheckJournal(ref)...)
 	info, err := cl.Inspect(ref.Pool, ref.Namespace, ref.Image, false)
 	if err != nil {
 		return c, b.asProblem(err, add)

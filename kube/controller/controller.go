@@ -249,7 +249,7 @@ func (c *Controller) reconcile(ctx context.Context, name string) error {
 		// status update brings it back here.
 		return nil
 	}
-	if id := c.exportedID(s.Handle()); id != "" {
+	if id := c.backedUp(ctx, s); id != "" {
 		repoID := c.repo.Config().ID
 		if vsc.Annotations[AnnPhase] != PhaseExported || vsc.Annotations[AnnBackupID] != id || vsc.Annotations[AnnRepository] != repoID {
 			return c.annotate(ctx, s, map[string]*string{AnnPhase: ptr(PhaseExported), AnnBackupID: &id, AnnRepository: &repoID, AnnError: nil})

@@ -98,9 +98,15 @@ func runRehydrate(cmd *cobra.Command, g *globals, rf *repoFlags, rh *rehydrateFl
 	if err != nil {
 		return err
 	}
-	all, err := repo.Backups(ctx)
+	// A damaged backup is passed over, never fatal: a volume whose only
+	// backup it was is then named as missing, the others still restore.
+	cat, err := repo.Backups(ctx, false)
 	if err != nil {
 		return err
+	}
+	all := cat.Backups
+	for _, d := range cat.Damaged {
+		res.Notes = append(res.Notes, fmt.Sprintf("backup %s is damaged and was passed over (%s: %s); lifeboat backups check %s", d.ID, d.Object, d.Reason, d.ID))
 	}
 	clusterName := rh.cluster
 	if clusterName == "" {

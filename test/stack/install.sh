@@ -15,19 +15,7 @@ APT_PACKAGES=(ceph-mon ceph-osd ceph-mgr ceph-common librbd-dev librados-dev gcc
 # Builds must not pick up a go.work or vendor dir from wherever we happen to be.
 export GOWORK=off GOFLAGS=-mod=mod CGO_ENABLED=0
 
-install_apt_packages() {
-  local missing=() p
-  for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  ((${#missing[@]} == 0)) && return 0
-  [[ $EUID -eq 0 ]] || die "missing packages ${missing[*]}; run as root to install them"
-  log "apt: installing ${missing[*]}"
-  # Wait for a concurrent apt/dpkg instead of failing on its lock.
-  apt-get -o DPkg::Lock::Timeout=900 update -q
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q \
-    --no-install-recommends "${missing[@]}"
-}
+install_apt_packages() { apt_install "${APT_PACKAGES[@]}"; }
 
 check_tools() {
   [[ -x $LB_KUBECTL ]] || die "kubectl not found at $LB_KUBECTL (set LB_KUBECTL); don't install Debian's kubernetes-client"

@@ -170,10 +170,50 @@ build_kube_component() {
   } >"$src/go.mod"
   grep -q '^replace k8s.io/api ' "$src/go.mod" || die "no staging replaces found in k8s.io/kubernetes go.mod"
   local pkg=k8s.io/component-base/version
-  cd "$src"
+  cd "$src" || die "cannot enter $src"
   logged "$src" "$name: go mod tidy" go mod tidy
   logged "$src" "$name build" nice -n "${LB_BUILD_NICE:-0}" go build -trimpath -o "$bin.tmp" -ldflags "-s -w \
     -X $pkg.gitVersion=$LB_KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor \
     -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z" .
   mv "$bin.tmp" "$bin"
+}
+
+# apt_install PKG...: install those of the Debian packages that are missing
+# (root only), waiting for a concurrent apt/dpkg instead of failing on its lock.
+apt_install() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  [[ $EUID -eq 0 ]] || die "missing packages ${missing[*]}; run as root to install them"
+  log "apt: installing ${missing[*]}"
+  apt-get -o DPkg::Lock::Timeout=900 update -q
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q \
+    --no-install-recommends "${missing[@]}"
+}
+
+# debian_mirror: the host's Debian mirror (deb822 or one-line sources), or $LB_DEBIAN_MIRROR.
+debian_mirror() {
+  if [[ -n ${LB_DEBIAN_MIRROR:-} ]]; then echo "$LB_DEBIAN_MIRROR"; return; fi
+  local m=""
+  if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
+    m=$(awk -v RS= '!/Suites:[^\n]*-security/ { if (match($0, /URIs:[ \t]*[^ \t\n]+/)) {
+          s = substr($0, RSTART, RLENGTH); sub(/URIs:[ \t]*/, "", s); print s; exit } }' \
+      /etc/apt/sources.list.d/debian.sources)
+  fi
+  if [[ -z $m && -f /etc/apt/sources.list ]]; then
+    m=$(awk '$1 == "deb" && !/security/ { for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/) { print $i; exit } }' \
+      /etc/apt/sources.list)
+  fi
+  [[ -n $m ]] || die "no Debian mirror found in /etc/apt/sources.list{,.d/debian.sources}; set LB_DEBIAN_MIRROR"
+  echo "$m"
+}
+
+# mounts_under DIR: mount points under DIR in this mount namespace.
+mounts_under() { awk -v d="$1" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo; }
+
+mounts_clean_or_die() {
+  local m; m=$(mounts_under "$1")
+  [[ -z $m ]] || die "mounts under $1 (unmount them first): $m"
 }

@@ -56,39 +56,10 @@ usage() { die "usage: $0 chroot | up | exec [--] CMD... | down [--wipe] | status
 
 # --- the chroot ---------------------------------------------------------------
 
-# The host's Debian mirror (deb822 or one-line sources), unless LB_REEF_MIRROR is set.
-mirror() {
-  if [[ -n ${LB_REEF_MIRROR:-} ]]; then echo "$LB_REEF_MIRROR"; return; fi
-  local m=""
-  if [[ -f /etc/apt/sources.list.d/debian.sources ]]; then
-    # First stanza whose Suites are not security updates.
-    m=$(awk -v RS= '!/Suites:[^\n]*-security/ { if (match($0, /URIs:[ \t]*[^ \t\n]+/)) {
-          s = substr($0, RSTART, RLENGTH); sub(/URIs:[ \t]*/, "", s); print s; exit } }' \
-      /etc/apt/sources.list.d/debian.sources)
-  fi
-  if [[ -z $m && -f /etc/apt/sources.list ]]; then
-    m=$(awk '$1 == "deb" && !/security/ { for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/) { print $i; exit } }' \
-      /etc/apt/sources.list)
-  fi
-  [[ -n $m ]] || die "no Debian mirror found in /etc/apt/sources.list{,.d/debian.sources}; set LB_REEF_MIRROR"
-  echo "$m"
-}
+# The host's Debian mirror, unless LB_REEF_MIRROR (or LB_DEBIAN_MIRROR) is set.
+mirror() { LB_DEBIAN_MIRROR=${LB_REEF_MIRROR:-${LB_DEBIAN_MIRROR:-}} debian_mirror; }
 
-# mounts_under DIR: mount points under DIR visible in THIS namespace (must be none on the host).
-mounts_under() { awk -v d="$1" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo; }
-
-host_clean_or_die() {
-  local m; m=$(mounts_under "$1")
-  [[ -z $m ]] || die "mounts under $1 in the host namespace (not made by reef.sh; unmount them first): $m"
-}
-
-ensure_debootstrap() {
-  command -v debootstrap >/dev/null && return 0
-  [[ $EUID -eq 0 ]] || die "debootstrap is missing; run as root to install it"
-  log "apt: installing debootstrap on the host"
-  apt-get -o DPkg::Lock::Timeout=900 update -q
-  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends debootstrap
-}
+ensure_debootstrap() { apt_install debootstrap; }
 
 build_chroot() {
   [[ -f $ROOT/$READY ]] && return 0
@@ -97,7 +68,7 @@ build_chroot() {
   local tmp=$ROOT.partial m t0=$SECONDS
   m=$(mirror)
   # A half-built chroot from an interrupted run: start over (never across a mount).
-  if [[ -e $tmp ]]; then host_clean_or_die "$tmp"; rm -rf --one-file-system -- "$tmp"; fi
+  if [[ -e $tmp ]]; then mounts_clean_or_die "$tmp"; rm -rf --one-file-system -- "$tmp"; fi
   log "reef: debootstrap --variant=minbase $LB_REEF_SUITE from $m into $tmp (one-time, ~1 min)"
   # In its own mount namespace: the /proc and /sys debootstrap mounts die with it.
   unshare --mount -- debootstrap --variant=minbase "$LB_REEF_SUITE" "$tmp" "$m" >"$tmp.log" 2>&1 ||
@@ -320,7 +291,7 @@ ENV
 cmd_up() {
   local t0=$SECONDS t
   chroot_locked
-  host_clean_or_die "$ROOT"
+  mounts_clean_or_die "$ROOT"
   log "reef: chroot $ROOT ($(<"$ROOT/$READY")) ready after $((SECONDS - t0))s"
   "$HERE/up.sh" >/dev/null # the host stack: API server and MinIO are shared
   ensure_stack_dir
@@ -355,7 +326,7 @@ cmd_down() {
     safe_wipe "$ROOT$REEF_D" "$STACK_MARKER"
     log "reef: removed $REEF_D (the chroot stays cached in $ROOT)"
   fi
-  host_clean_or_die "$ROOT"
+  mounts_clean_or_die "$ROOT"
 }
 
 cmd_status() {

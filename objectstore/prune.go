@@ -30,8 +30,8 @@ func (r *Repository) Forget(ctx context.Context, id string, force bool) error {
 // Forgotten says what Forget did with a backup.
 type Forgotten struct {
 	ID     string    `json:"id"`
-	Marked bool      `json:"marked"`          // not deleted: marked for a prune
-	Until  time.Time `json:"until,omitzero"`  // marked: locked until then
+	Marked bool      `json:"marked"`           // not deleted: marked for a prune
+	Until  time.Time `json:"until,omitzero"`   // marked: locked until then
 	Reason string    `json:"reason,omitempty"` // marked: why
 }
 

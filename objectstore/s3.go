@@ -34,9 +34,11 @@ type S3Config struct {
 	PathStyle    bool
 	AccessKey    string
 	SecretKey    string
-	SessionToken string        // temporary credentials (STS), optional
-	CreateBucket bool          // create the bucket if it is missing
-	Timeout      time.Duration // bound on the connection check; default 10s
+	SessionToken string // temporary credentials (STS), optional
+	CreateBucket bool   // create the bucket if it is missing
+	// CreateWithObjectLock creates it with S3 Object Lock enabled.
+	CreateWithObjectLock bool
+	Timeout              time.Duration // bound on the connection check; default 10s
 }
 
 // String shows the config without the secret key, so that logging it by
@@ -106,7 +108,7 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := s.ensureBucket(ctx, cfg.CreateBucket, cfg.Region); err != nil {
+	if err := s.ensureBucket(ctx, cfg); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%w (no answer within %v)", err, timeout)
 		}
@@ -143,7 +145,7 @@ func transport(secure bool, caFile string) (*http.Transport, error) {
 	return tr, nil
 }
 
-func (s *S3) ensureBucket(ctx context.Context, create bool, region string) error {
+func (s *S3) ensureBucket(ctx context.Context, cfg S3Config) error {
 	ok, err := s.client.BucketExists(ctx, s.bucket)
 	if err != nil {
 		return s.wrap("checking bucket", "", err)
@@ -151,11 +153,11 @@ func (s *S3) ensureBucket(ctx context.Context, create bool, region string) error
 	if ok {
 		return nil
 	}
-	if !create {
+	if !cfg.CreateBucket {
 		return fmt.Errorf("%w: %q at %s: create it, or let lifeboat create it (--s3-create-bucket, s3.createBucket)",
 			ErrNoBucket, s.bucket, s.endpoint)
 	}
-	err = s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: region})
+	err = s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: cfg.Region, ObjectLocking: cfg.CreateWithObjectLock})
 	switch resp := minio.ToErrorResponse(err); {
 	case resp.Code == "BucketAlreadyOwnedByYou":
 		return nil // created concurrently: fine
@@ -315,7 +317,9 @@ func (s *S3) PutRetained(ctx context.Context, name string, data []byte, mode str
 	return s.wrap("writing", name, s.put(ctx, name, data, opts))
 }
 
-func retentionMode(mode string) minio.RetentionMode { return minio.RetentionMode(strings.ToUpper(mode)) }
+func retentionMode(mode string) minio.RetentionMode {
+	return minio.RetentionMode(strings.ToUpper(mode))
+}
 
 // RetainedUntil reads the retain-until date from a HEAD of the object.
 func (s *S3) RetainedUntil(ctx context.Context, name string) (time.Time, error) {

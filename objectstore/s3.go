@@ -359,7 +359,7 @@ func (s *S3) DeleteVersions(ctx context.Context, name string) error {
 			continue
 		}
 		err := s.client.RemoveObject(ctx, s.bucket, key, minio.RemoveObjectOptions{VersionID: obj.VersionID})
-		if resp := minio.ToErrorResponse(err); resp.Code == "AccessDenied" && worm(resp.Message) {
+		if resp := minio.ToErrorResponse(err); resp.Code == "ObjectLocked" || worm(resp.Message) {
 			until, _ := s.RetainedUntil(ctx, name)
 			return &RetainedError{Name: s.String() + name, Until: until}
 		}
@@ -370,8 +370,9 @@ func (s *S3) DeleteVersions(ctx context.Context, name string) error {
 	return ctx.Err()
 }
 
-// worm tells S3's refusal to delete a locked version from one of
-// permission: both are AccessDenied.
+// worm tells S3's refusal to delete a locked version (MinIO: ObjectLocked,
+// "Object is WORM protected"; AWS: AccessDenied, "… object lock") from
+// a refusal of permission.
 func worm(msg string) bool {
 	msg = strings.ToLower(msg)
 	return strings.Contains(msg, "worm") || strings.Contains(msg, "retention") || strings.Contains(msg, "object lock")

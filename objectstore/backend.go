@@ -85,6 +85,9 @@ func (m *Memory) ObjectLockEnabled(context.Context) (bool, error) { return m.loc
 func (m *Memory) PutRetained(_ context.Context, name string, data []byte, _ string, until time.Time) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if !m.locking {
+		return fmt.Errorf("%s: the memory backend has no object lock", name)
+	}
 	m.objects[name] = append([]byte(nil), data...)
 	if until.After(m.until[name]) {
 		m.until[name] = until

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Backend stores whole objects by name. Names are relative to the
@@ -63,7 +64,64 @@ type Creator interface {
 type Memory struct {
 	mu      sync.Mutex
 	objects map[string][]byte
+	locking bool                 // a "bucket" with object lock
+	until   map[string]time.Time // retain-until dates
+	// DenyDelete makes Delete and DeleteVersions fail as S3 does for
+	// credentials without delete permission.
+	DenyDelete bool
 }
+
+// NewLockedMemory is NewMemory with object lock on, for tests of it.
+func NewLockedMemory() *Memory {
+	m := NewMemory()
+	m.locking, m.until = true, map[string]time.Time{}
+	return m
+}
+
+func (m *Memory) ObjectLockEnabled(context.Context) (bool, error) { return m.locking, nil }
+
+// PutRetained keeps the later of the old and new dates: S3 keeps the old
+// version, locked, beside the new.
+func (m *Memory) PutRetained(_ context.Context, name string, data []byte, _ string, until time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.locking {
+		return fmt.Errorf("%s: the memory backend has no object lock", name)
+	}
+	m.objects[name] = append([]byte(nil), data...)
+	if until.After(m.until[name]) {
+		m.until[name] = until
+	}
+	return nil
+}
+
+func (m *Memory) RetainedUntil(_ context.Context, name string) (time.Time, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.objects[name]; !ok {
+		return time.Time{}, fmt.Errorf("%s: %w", name, ErrNotFound)
+	}
+	return m.until[name], nil
+}
+
+// Retain refuses to shorten a retention, as S3 does in compliance mode.
+func (m *Memory) Retain(_ context.Context, name, _ string, until time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.locking {
+		return fmt.Errorf("%s: the memory backend has no object lock", name)
+	}
+	if _, ok := m.objects[name]; !ok {
+		return fmt.Errorf("%s: %w", name, ErrNotFound)
+	}
+	if until.Before(m.until[name]) {
+		return fmt.Errorf("%s: retention cannot be shortened", name)
+	}
+	m.until[name] = until
+	return nil
+}
+
+func (m *Memory) DeleteVersions(ctx context.Context, name string) error { return m.Delete(ctx, name) }
 
 // NewMemory returns an empty in-memory backend. It is meant for tests:
 // nothing survives the process.
@@ -143,7 +201,14 @@ func (m *Memory) List(ctx context.Context, prefix string, fn func(string, int64)
 func (m *Memory) Delete(_ context.Context, name string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.DenyDelete {
+		return fmt.Errorf("deleting %s: %w (AccessDenied)", name, ErrCredentials)
+	}
+	if until := m.until[name]; until.After(time.Now()) {
+		return &RetainedError{Name: name, Until: until}
+	}
 	delete(m.objects, name)
+	delete(m.until, name)
 	return nil
 }
 

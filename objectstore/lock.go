@@ -60,6 +60,9 @@ type Lock struct {
 	Backup    string    `json:"backup,omitempty"` // the backup an export is writing
 	Created   time.Time `json:"created"`
 	Refreshed time.Time `json:"refreshed"`
+	// Released: its holder is done but may not delete it (no delete
+	// permission); its zero Refreshed makes it stale.
+	Released bool `json:"released,omitempty"`
 }
 
 // Stale reports whether l has gone unrefreshed for LockStaleAfter.
@@ -326,7 +329,14 @@ func (h *heldLock) remove() {
 		_ = h.r.be.Delete(ctx, h.lock.Name)
 		return
 	}
-	_ = h.r.delete(ctx, h.lock.Name)
+	if err := h.r.delete(ctx, h.lock.Name); errors.Is(err, ErrCredentials) {
+		// Credentials without delete permission (an agent's, with object
+		// lock): a lock never refreshed counts as stale, so it no longer
+		// keeps a prune out, and the prune removes it.
+		l := h.lock
+		l.Refreshed, l.Released = time.Time{}, true
+		_ = h.r.putLock(ctx, l)
+	}
 }
 
 // staleLocks returns those of locks that are stale now.

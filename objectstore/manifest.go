@@ -46,6 +46,12 @@ type Summary struct {
 	Source map[string]string `json:"source,omitempty"`
 	Meta   map[string]string `json:"meta,omitempty"`
 	Stats  Stats             `json:"stats"`
+	// LockedUntil (object lock) is when the backup's manifest stops being
+	// locked: its creation plus the policy's duration. DataLockedUntil is
+	// a date before which none of its chunks and pages can be deleted
+	// either: never earlier than LockedUntil.
+	LockedUntil     *time.Time `json:"locked_until,omitempty"`
+	DataLockedUntil *time.Time `json:"data_locked_until,omitempty"`
 }
 
 // Stats count what a backup did.
@@ -58,6 +64,10 @@ type Stats struct {
 	// BytesReused are bytes of chunks taken from the parent backup without
 	// being read again (BackupWriter.Reuse).
 	BytesReused int64 `json:"bytes_reused,omitempty"`
+	// RetentionChecks count the object-lock dates read (a HEAD each) of
+	// chunks the backup reuses; RetentionExtended those it extended.
+	RetentionChecks   int64 `json:"retention_checks,omitempty"`
+	RetentionExtended int64 `json:"retention_extended,omitempty"`
 }
 
 // Manifest describes one backup: the summary plus where the data is. Read
@@ -106,7 +116,11 @@ func (r *Repository) saveManifest(ctx context.Context, m *Manifest) error {
 		return err
 	}
 	name := manifestName(m.ID)
-	return r.put(ctx, name, r.encode(nil, name, data))
+	until := time.Time{}
+	if m.LockedUntil != nil {
+		until = *m.LockedUntil
+	}
+	return r.putUntil(ctx, name, r.encode(nil, name, data), until)
 }
 
 // LoadBackup reads and checks the manifest of backup id.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Forget deletes backup id's manifest: the backup is gone at once, as one
@@ -16,19 +17,108 @@ import (
 // every manifest lists all of its own chunks. A manifest that cannot be
 // read (damaged) is deleted only with force: Prune refuses to run while
 // one is there.
+//
+// A manifest that may not be deleted yet, because it is locked (S3 Object
+// Lock) or these credentials lack delete permission, is marked instead: a
+// small object under forgotten/ that the next Prune able to delete it
+// acts on. The backup stays listed, and restorable, until then.
 func (r *Repository) Forget(ctx context.Context, id string, force bool) error {
+	_, err := r.ForgetBackup(ctx, id, force)
+	return err
+}
+
+// Forgotten says what Forget did with a backup.
+type Forgotten struct {
+	ID     string    `json:"id"`
+	Marked bool      `json:"marked"`           // not deleted: marked for a prune
+	Until  time.Time `json:"until,omitzero"`   // marked: locked until then
+	Reason string    `json:"reason,omitempty"` // marked: why
+}
+
+// ForgetBackup is Forget, saying whether the backup was deleted or marked.
+func (r *Repository) ForgetBackup(ctx context.Context, id string, force bool) (Forgotten, error) {
+	f := Forgotten{ID: id}
 	var s Summary
 	err := r.loadManifest(ctx, id, &s)
 	switch {
 	case errors.Is(err, ErrBackupNotFound):
-		return err
+		return f, err
 	case err != nil && !force:
-		return fmt.Errorf("%w (forget --force deletes it anyway)", err)
+		return f, fmt.Errorf("%w (forget --force deletes it anyway)", err)
 	}
-	if err := r.delete(ctx, manifestName(id)); err != nil {
-		return fmt.Errorf("deleting backup %s: %w", id, err)
+	name := manifestName(id)
+	err = r.lockedNow(ctx, name)
+	if err == nil {
+		err = r.delete(ctx, name)
 	}
-	return nil
+	var re *RetainedError
+	switch {
+	case errors.As(err, &re):
+		f.Marked, f.Until, f.Reason = true, re.Until, "locked by S3 Object Lock"
+	case errors.Is(err, ErrCredentials):
+		f.Marked, f.Reason = true, "these credentials may not delete"
+	case err != nil:
+		return f, fmt.Errorf("deleting backup %s: %w", id, err)
+	default:
+		return f, nil
+	}
+	if err := r.put(ctx, markName(id), []byte(id)); err != nil {
+		return f, fmt.Errorf("marking backup %s forgotten (%s): %w", id, f.Reason, err)
+	}
+	return f, nil
+}
+
+// marksPrefix holds forget marks: backups forgotten that a prune deletes.
+const marksPrefix = "forgotten/"
+
+func markName(id string) string { return marksPrefix + id }
+
+// LockedBackup is a backup a prune could not delete yet.
+type LockedBackup struct {
+	ID    string    `json:"id"`
+	Until time.Time `json:"until"`
+}
+
+// forgetMarked deletes the manifests of backups marked forgotten, and the
+// marks, except those still locked, which it returns.
+func (r *Repository) forgetMarked(ctx context.Context, lock *heldLock) ([]LockedBackup, error) {
+	var names []string
+	if err := r.list(ctx, marksPrefix, func(name string, _ int64) error {
+		names = append(names, name)
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	var locked []LockedBackup
+	for _, mark := range names {
+		id := strings.TrimPrefix(mark, marksPrefix)
+		err := r.lockedNow(ctx, manifestName(id))
+		var re *RetainedError
+		if errors.As(err, &re) {
+			locked = append(locked, LockedBackup{ID: id, Until: re.Until})
+			continue
+		}
+		if err == nil {
+			err = r.deleteLocked(ctx, lock, manifestName(id))
+		}
+		if err == nil {
+			err = r.deleteLocked(ctx, lock, mark)
+		}
+		if err != nil {
+			return locked, fmt.Errorf("forgetting backup %s, marked forgotten: %w", id, err)
+		}
+	}
+	return locked, nil
+}
+
+// deleteLocked deletes name while lock is valid.
+func (r *Repository) deleteLocked(ctx context.Context, lock *heldLock, name string) error {
+	ctx, cancel, err := lock.bound(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	return r.delete(ctx, name)
 }
 
 // PruneOptions configure Prune.
@@ -47,6 +137,12 @@ type PruneStats struct {
 	PagesDeleted  int64  `json:"pagesDeleted"`
 	StaleLocks    []Lock `json:"staleLocksRemoved,omitempty"`
 	DryRun        bool   `json:"dryRun"`
+	// Object lock: backups marked forgotten, chunks and pages unreferenced,
+	// not deleted because still locked; LockedUntil is when the last of
+	// those chunks and pages can go.
+	BackupsLocked []LockedBackup `json:"backupsLocked,omitempty"`
+	ObjectsLocked int64          `json:"objectsLocked,omitempty"`
+	LockedUntil   time.Time      `json:"lockedUntil,omitzero"`
 }
 
 // Prune deletes the chunks and extents pages that no backup references,
@@ -78,6 +174,12 @@ func (r *Repository) Prune(ctx context.Context, opt PruneOptions) (PruneStats, e
 		defer lock.release()
 	}
 
+	if lock != nil {
+		var err error
+		if st.BackupsLocked, err = r.forgetMarked(ctx, lock); err != nil {
+			return st, fmt.Errorf("pruning %s: %w", r.be, lostOr(lock, err))
+		}
+	}
 	chunks, pages, n, err := r.referenced(ctx)
 	if err != nil {
 		return st, lostOr(lock, err)
@@ -100,6 +202,7 @@ func (r *Repository) Prune(ctx context.Context, opt PruneOptions) (PruneStats, e
 		err = werr
 	}
 	st.ChunksDeleted, st.PagesDeleted, st.BytesDeleted = d.chunks.Load(), d.pages.Load(), d.bytes.Load()
+	st.ObjectsLocked, st.LockedUntil = d.locked.Load(), d.lockedUntil
 	if err != nil {
 		return st, fmt.Errorf("pruning %s: %w", r.be, lostOr(lock, err))
 	}
@@ -174,6 +277,9 @@ type deleter struct {
 	failed atomic.Pointer[error]
 
 	chunks, pages, bytes atomic.Int64
+	locked               atomic.Int64 // object lock: not deleted yet
+	mu                   sync.Mutex
+	lockedUntil          time.Time // the latest of those
 }
 
 type doomed struct {
@@ -211,11 +317,29 @@ func (d *deleter) remove(o doomed) error {
 		return err
 	}
 	defer cancel()
-	if err := d.r.delete(ctx, o.name); err != nil {
+	err = d.r.lockedNow(ctx, o.name) // a HEAD, only with object lock
+	if err == nil {
+		err = d.r.delete(ctx, o.name)
+	}
+	var re *RetainedError
+	if errors.As(err, &re) { // skipped, not a failure: a later prune deletes it
+		d.retained(re.Until)
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("deleting %s: %w", o.name, err)
 	}
 	d.done(o)
 	return nil
+}
+
+func (d *deleter) retained(until time.Time) {
+	d.locked.Add(1)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if until.After(d.lockedUntil) {
+		d.lockedUntil = until
+	}
 }
 
 func (d *deleter) done(o doomed) {

@@ -13,7 +13,11 @@ import (
 
 // FormatVersion is the repository format this package writes and the
 // newest it reads. See docs/format.md.
-const FormatVersion = 1
+const FormatVersion = 2
+
+// formatLocked is the version of a repository with object lock; one
+// without stays at version 1, readable by older builds.
+const formatLocked = 2
 
 // formatName marks the config object as ours, so a bucket holding some
 // other tool's "config" is not mistaken for a repository.
@@ -39,6 +43,10 @@ type Config struct {
 	Compression string     `json:"compression"` // "zstd"
 	Encryption  string     `json:"encryption"`  // "none" or "aes-256-gcm"
 	Key         *KeyConfig `json:"key,omitempty"`
+	// ObjectLock (format version 2) locks every backup object: see
+	// objectlock.go. Version 2 keeps a lifeboat that does not know it
+	// from writing unlocked objects.
+	ObjectLock *ObjectLock `json:"object_lock,omitempty"`
 }
 
 // Repository is an open repository. Its methods are safe for concurrent use.
@@ -60,6 +68,9 @@ type InitOptions struct {
 	// a Secret's content, used exactly as given); losing it loses every
 	// backup in the repository.
 	Key []byte
+	// ObjectLock, when set, locks every backup object (S3 Object Lock);
+	// the backend must be a Retainer on a bucket with object lock on.
+	ObjectLock *ObjectLock
 }
 
 const configName = "config"
@@ -77,14 +88,21 @@ func Init(ctx context.Context, be Backend, opt InitOptions) (*Repository, error)
 	if opt.Key != nil && len(opt.Key) == 0 {
 		return nil, errors.New("the encryption key is empty")
 	}
+	if err := checkObjectLock(ctx, be, opt.ObjectLock); err != nil {
+		return nil, err
+	}
 	if err := checkEmpty(ctx, be); err != nil {
 		return nil, err
 	}
 	r := &Repository{be: be, cfg: Config{
-		Format: formatName, Version: FormatVersion, ID: randomHex(32),
+		Format: formatName, Version: 1, ID: randomHex(32),
 		Created: time.Now().UTC(), ChunkSize: size,
 		Hash: "sha256", Compression: "zstd", Encryption: "none",
+		ObjectLock: opt.ObjectLock,
 	}}
+	if opt.ObjectLock != nil {
+		r.cfg.Version = formatLocked
+	}
 	if opt.Key != nil {
 		kc, k, err := newMasterKey(opt.Key, r.cfg.ID)
 		if err != nil {
@@ -103,7 +121,39 @@ func Init(ctx context.Context, be Backend, opt InitOptions) (*Repository, error)
 		}
 		return nil, fmt.Errorf("writing repository config to %s: %w", be, err)
 	}
+	// A conditional PUT cannot carry a lock: the config is locked after.
+	if until := r.retainUntil(configName, r.cfg.Created); !until.IsZero() {
+		rt := r.retainer()
+		if err := r.retry(ctx, func() error { return rt.Retain(ctx, configName, r.cfg.ObjectLock.Mode, until) }); err != nil {
+			return nil, fmt.Errorf("locking the repository config at %s: %w", be, err)
+		}
+	}
 	return r, nil
+}
+
+// checkObjectLock refuses an object-lock policy on a backend or bucket
+// that cannot keep it.
+func checkObjectLock(ctx context.Context, be Backend, p *ObjectLock) error {
+	if p == nil {
+		return nil
+	}
+	if err := p.check(); err != nil {
+		return err
+	}
+	rt, ok := be.(Retainer)
+	if !ok {
+		return fmt.Errorf("%s cannot lock objects: object lock needs an S3 bucket with Object Lock enabled", be)
+	}
+	on, err := rt.ObjectLockEnabled(ctx)
+	if err != nil {
+		return fmt.Errorf("checking Object Lock on %s: %w", be, err)
+	}
+	if !on {
+		return fmt.Errorf("the bucket of %s does not have Object Lock enabled: S3 turns it on only when a bucket "+
+			"is created (aws s3api create-bucket --object-lock-enabled-for-bucket, mc mb --with-lock); "+
+			"create such a bucket, or init without --object-lock", be)
+	}
+	return nil
 }
 
 // checkEmpty refuses a location with a config, chunks or manifests: a new
@@ -146,6 +196,9 @@ func Open(ctx context.Context, be Backend, key []byte) (*Repository, error) {
 	}
 	if err := r.cfg.check(); err != nil {
 		return nil, fmt.Errorf("%w: repository at %s: %v", ErrIncompatible, be, err)
+	}
+	if _, ok := be.(Retainer); r.cfg.ObjectLock != nil && !ok {
+		return nil, fmt.Errorf("%w: repository at %s locks its objects (S3 Object Lock) and this backend cannot", ErrIncompatible, be)
 	}
 	switch {
 	case r.cfg.Key == nil && key != nil:
@@ -223,6 +276,11 @@ func (c *Config) check() error {
 	}
 	if !validChunkSize(c.ChunkSize) {
 		return fmt.Errorf("bad chunk size %d", c.ChunkSize)
+	}
+	if c.ObjectLock != nil {
+		if err := c.ObjectLock.check(); err != nil {
+			return err
+		}
 	}
 	encrypted := c.Key != nil
 	want := [2]string{"sha256", "none"}

@@ -107,7 +107,7 @@ func TestOpenIncompatible(t *testing.T) {
 		return be
 	}
 	cases := map[string]Backend{
-		"newer version":  edit(func(c map[string]any) { c["version"] = 2 }),
+		"newer version":  edit(func(c map[string]any) { c["version"] = FormatVersion + 1 }),
 		"other format":   edit(func(c map[string]any) { c["format"] = "restic" }),
 		"unknown hash":   edit(func(c map[string]any) { c["hash"] = "blake3" }),
 		"bad chunk size": edit(func(c map[string]any) { c["chunk_size"] = 12345 }),

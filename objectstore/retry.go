@@ -29,7 +29,7 @@ var (
 
 // permanent tells errors that retrying cannot fix.
 func permanent(err error) bool {
-	for _, p := range []error{ErrNotFound, ErrExists, ErrCorrupt, ErrCredentials, ErrNoBucket} {
+	for _, p := range []error{ErrNotFound, ErrExists, ErrCorrupt, ErrCredentials, ErrNoBucket, ErrRetained} {
 		if errors.Is(err, p) {
 			return true
 		}
@@ -142,11 +142,18 @@ func (r *Repository) retry(ctx context.Context, fn func() error) error {
 
 // Backend calls with retries.
 
+// put stores name, locked as retainUntil says when the repository has
+// object lock.
 func (r *Repository) put(ctx context.Context, name string, data []byte) error {
-	return r.retry(ctx, func() error { return r.be.Put(ctx, name, data) })
+	return r.putUntil(ctx, name, data, r.retainUntil(name, time.Now()))
 }
 
+// delete removes name; with object lock every version of it, so that the
+// storage is freed rather than the object hidden behind a delete marker.
 func (r *Repository) delete(ctx context.Context, name string) error {
+	if rt := r.retainer(); rt != nil {
+		return r.retry(ctx, func() error { return rt.DeleteVersions(ctx, name) })
+	}
 	return r.retry(ctx, func() error { return r.be.Delete(ctx, name) })
 }
 

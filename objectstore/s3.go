@@ -34,9 +34,11 @@ type S3Config struct {
 	PathStyle    bool
 	AccessKey    string
 	SecretKey    string
-	SessionToken string        // temporary credentials (STS), optional
-	CreateBucket bool          // create the bucket if it is missing
-	Timeout      time.Duration // bound on the connection check; default 10s
+	SessionToken string // temporary credentials (STS), optional
+	CreateBucket bool   // create the bucket if it is missing
+	// CreateWithObjectLock creates it with S3 Object Lock enabled.
+	CreateWithObjectLock bool
+	Timeout              time.Duration // bound on the connection check; default 10s
 }
 
 // String shows the config without the secret key, so that logging it by
@@ -106,7 +108,7 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := s.ensureBucket(ctx, cfg.CreateBucket, cfg.Region); err != nil {
+	if err := s.ensureBucket(ctx, cfg); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%w (no answer within %v)", err, timeout)
 		}
@@ -143,7 +145,7 @@ func transport(secure bool, caFile string) (*http.Transport, error) {
 	return tr, nil
 }
 
-func (s *S3) ensureBucket(ctx context.Context, create bool, region string) error {
+func (s *S3) ensureBucket(ctx context.Context, cfg S3Config) error {
 	ok, err := s.client.BucketExists(ctx, s.bucket)
 	if err != nil {
 		return s.wrap("checking bucket", "", err)
@@ -151,11 +153,11 @@ func (s *S3) ensureBucket(ctx context.Context, create bool, region string) error
 	if ok {
 		return nil
 	}
-	if !create {
+	if !cfg.CreateBucket {
 		return fmt.Errorf("%w: %q at %s: create it, or let lifeboat create it (--s3-create-bucket, s3.createBucket)",
 			ErrNoBucket, s.bucket, s.endpoint)
 	}
-	err = s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: region})
+	err = s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: cfg.Region, ObjectLocking: cfg.CreateWithObjectLock})
 	switch resp := minio.ToErrorResponse(err); {
 	case resp.Code == "BucketAlreadyOwnedByYou":
 		return nil // created concurrently: fine
@@ -297,3 +299,81 @@ func (s *S3) Delete(ctx context.Context, name string) error {
 
 // String is the repository's location as endpoint/bucket/prefix.
 func (s *S3) String() string { return s.endpoint + "/" + s.bucket + "/" + s.prefix }
+
+// ObjectLockEnabled asks the bucket's object-lock configuration.
+func (s *S3) ObjectLockEnabled(ctx context.Context) (bool, error) {
+	enabled, _, _, _, err := s.client.GetObjectLockConfig(ctx, s.bucket)
+	if resp := minio.ToErrorResponse(err); resp.Code == "ObjectLockConfigurationNotFoundError" {
+		return false, nil
+	}
+	return enabled == "Enabled", s.wrap("checking Object Lock of", "", err)
+}
+
+// PutRetained is Put with the object locked until until. S3 wants a
+// Content-MD5 (or a checksum) on a PUT that sets a lock.
+func (s *S3) PutRetained(ctx context.Context, name string, data []byte, mode string, until time.Time) error {
+	opts := putOptions()
+	opts.Mode, opts.RetainUntilDate, opts.SendContentMd5 = retentionMode(mode), until, true
+	return s.wrap("writing", name, s.put(ctx, name, data, opts))
+}
+
+func retentionMode(mode string) minio.RetentionMode {
+	return minio.RetentionMode(strings.ToUpper(mode))
+}
+
+// RetainedUntil reads the retain-until date from a HEAD of the object.
+func (s *S3) RetainedUntil(ctx context.Context, name string) (time.Time, error) {
+	info, err := s.client.StatObject(ctx, s.bucket, s.prefix+name, minio.StatObjectOptions{})
+	if err != nil {
+		return time.Time{}, s.wrap("checking", name, err)
+	}
+	v := info.Metadata.Get("X-Amz-Object-Lock-Retain-Until-Date")
+	if v == "" {
+		return time.Time{}, nil
+	}
+	until, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("checking %s%s: retain-until date %q: %v", s, name, v, err)
+	}
+	return until, nil
+}
+
+// Retain sets the retain-until date of the object's current version.
+func (s *S3) Retain(ctx context.Context, name, mode string, until time.Time) error {
+	m := retentionMode(mode)
+	err := s.client.PutObjectRetention(ctx, s.bucket, s.prefix+name, minio.PutObjectRetentionOptions{Mode: &m, RetainUntilDate: &until})
+	return s.wrap("locking", name, err)
+}
+
+// DeleteVersions lists the object's versions (delete markers included)
+// and deletes each by id. It costs a LIST more than Delete.
+func (s *S3) DeleteVersions(ctx context.Context, name string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	key := s.prefix + name
+	for obj := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: key, WithVersions: true}) {
+		if obj.Err != nil {
+			return s.wrap("listing versions of", name, obj.Err)
+		}
+		if obj.Key != key {
+			continue
+		}
+		err := s.client.RemoveObject(ctx, s.bucket, key, minio.RemoveObjectOptions{VersionID: obj.VersionID})
+		if resp := minio.ToErrorResponse(err); resp.Code == "ObjectLocked" || worm(resp.Message) {
+			until, _ := s.RetainedUntil(ctx, name)
+			return &RetainedError{Name: s.String() + name, Until: until}
+		}
+		if err != nil {
+			return s.wrap("deleting", name, err)
+		}
+	}
+	return ctx.Err()
+}
+
+// worm tells S3's refusal to delete a locked version (MinIO: ObjectLocked,
+// "Object is WORM protected"; AWS: AccessDenied, "… object lock") from
+// a refusal of permission.
+func worm(msg string) bool {
+	msg = strings.ToLower(msg)
+	return strings.Contains(msg, "worm") || strings.Contains(msg, "retention") || strings.Contains(msg, "object lock")
+}

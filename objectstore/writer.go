@@ -75,14 +75,25 @@ type BackupWriter struct {
 	mu    sync.Mutex
 	known map[ChunkID]bool // stored already, or claimed by a worker (bounded: maxKnown)
 
+	// Object lock (zero need: none). Every chunk the backup relies on must
+	// stay locked until need, the manifest's date; dataUntil is the
+	// earliest date any of them is locked to, which the manifest records.
+	// parentOK: the parent's data is locked long enough already.
+	need      time.Time
+	parentOK  bool
+	untilMu   sync.Mutex
+	dataUntil time.Time
+
 	bytesRead, chunks, bytesNew, bytesStored, chunksNew, bytesReused atomic.Int64
 	misses, blind                                                    atomic.Int64 // see ask
+	retChecks, retExtended                                           atomic.Int64
 }
 
 type job struct {
 	e      *Extent
 	data   []byte
 	parent *ChunkID // the parent's chunk at the same offset, if any
+	reused bool     // e is the parent's, unread (Reuse): only its lock to keep
 }
 
 // maxKnown bounds the set of chunk ids a writer remembers (about 4 MB):
@@ -134,6 +145,7 @@ func (r *Repository) NewBackup(ctx context.Context, opt BackupOptions) (*BackupW
 			return nil, err
 		}
 	}
+	w.lockData(opt.Parent)
 	if opt.StreamSHA256 {
 		w.stream = sha256.New()
 	}
@@ -147,6 +159,46 @@ func (r *Repository) NewBackup(ctx context.Context, opt BackupOptions) (*BackupW
 		go w.worker()
 	}
 	return w, nil
+}
+
+// lockData sets what object lock asks of the backup's data.
+func (w *BackupWriter) lockData(parent *Manifest) {
+	w.need = w.r.retainUntil(manifestName(w.m.ID), w.m.Created)
+	if w.need.IsZero() {
+		return
+	}
+	w.dataUntil = w.r.retainUntil(chunkName(ChunkID{}), w.m.Created)
+	if parent != nil && parent.DataLockedUntil != nil && !parent.DataLockedUntil.Before(w.need) {
+		w.parentOK = true
+		w.relied(*parent.DataLockedUntil)
+	}
+}
+
+// relied notes that the backup relies on an object locked until until.
+func (w *BackupWriter) relied(until time.Time) {
+	w.untilMu.Lock()
+	defer w.untilMu.Unlock()
+	if until.Before(w.dataUntil) {
+		w.dataUntil = until
+	}
+}
+
+// keep makes sure chunk name, stored before this backup, stays locked
+// as long as the backup: one HEAD, and a retention PUT if it is shorter.
+func (w *BackupWriter) keep(name string) error {
+	if w.need.IsZero() {
+		return nil
+	}
+	until, extended, err := w.r.keepUntil(w.ctx, name, w.need)
+	if err != nil {
+		return fmt.Errorf("keeping %s locked as long as backup %s: %w", name, w.m.ID, err)
+	}
+	w.retChecks.Add(1)
+	if extended {
+		w.retExtended.Add(1)
+	}
+	w.relied(until)
+	return nil
 }
 
 // SetMeta adds a fact to the manifest's meta, for facts known only at the
@@ -194,7 +246,7 @@ func (w *BackupWriter) Write(ctx context.Context, off int64, data []byte) error 
 		w.page = append(w.page, e)
 		w.chunks.Add(1)
 		w.pending.Add(1)
-		w.jobs <- job{e, append(buf[:0], data...), parent} // never blocks: len(jobs) ≤ buffers
+		w.jobs <- job{e: e, data: append(buf[:0], data...), parent: parent} // workers drain it without waiting on us
 		if err := w.pageFull(); err != nil {
 			return err
 		}
@@ -270,6 +322,15 @@ func (w *BackupWriter) Reuse(e Extent) error {
 	w.page = append(w.page, &e)
 	w.chunks.Add(1)
 	w.bytesReused.Add(e.Length)
+	if !w.need.IsZero() && !w.parentOK {
+		w.pending.Add(1)
+		select { // a worker checks its lock
+		case w.jobs <- job{e: &e, reused: true}:
+		case <-w.ctx.Done():
+			w.pending.Done()
+			return fmt.Errorf("backup failed: %w", context.Cause(w.ctx))
+		}
+	}
 	if err := w.pageFull(); err != nil {
 		return err
 	}
@@ -323,16 +384,27 @@ func (w *BackupWriter) worker() {
 			}
 		}
 		w.pending.Done()
-		w.bufs <- j.data
+		if !j.reused { // a reused extent took no buffer
+			w.bufs <- j.data
+		}
 	}
 }
 
 // store names the chunk and uploads it unless it is already there.
 func (w *BackupWriter) store(j job, scratch *[]byte) error {
+	if j.reused {
+		return w.keep(chunkName(j.e.ID))
+	}
 	id := w.r.keys.id(j.data)
 	j.e.ID = id
-	if (j.parent != nil && *j.parent == id) || !w.claim(id) {
-		return nil // unchanged since the parent, or seen already
+	if j.parent != nil && *j.parent == id { // unchanged since the parent
+		if w.parentOK {
+			return nil
+		}
+		return w.keep(chunkName(id))
+	}
+	if !w.claim(id) {
+		return nil // seen already: its first sight keeps it
 	}
 	name := chunkName(id)
 	if w.ask() {
@@ -342,7 +414,7 @@ func (w *BackupWriter) store(j job, scratch *[]byte) error {
 		}
 		if ok {
 			w.misses.Store(0)
-			return nil
+			return w.keep(name)
 		}
 		w.misses.Add(1)
 	}
@@ -392,6 +464,7 @@ func (w *BackupWriter) Stats() Stats {
 	return Stats{
 		BytesRead: w.bytesRead.Load(), BytesNew: w.bytesNew.Load(), BytesStored: w.bytesStored.Load(),
 		Chunks: w.chunks.Load(), ChunksNew: w.chunksNew.Load(), BytesReused: w.bytesReused.Load(),
+		RetentionChecks: w.retChecks.Load(), RetentionExtended: w.retExtended.Load(),
 	}
 }
 
@@ -418,6 +491,14 @@ func (w *BackupWriter) Commit(ctx context.Context) (*Manifest, error) {
 	w.m.Stats = w.Stats()
 	w.m.Pages = w.pages
 	w.m.Digest = w.digest.sum()
+	if !w.need.IsZero() {
+		if time.Until(w.need) < time.Second {
+			return nil, fmt.Errorf("backup %s failed, no manifest written: it took longer than the repository's object-lock "+
+				"duration (%v) to write, so it could not be locked for that long from its start; raise the duration", w.m.ID, w.r.cfg.ObjectLock.Retain())
+		}
+		need, data := w.need, w.dataUntil
+		w.m.LockedUntil, w.m.DataLockedUntil = &need, &data
+	}
 	if err := w.lock.check(ctx); err != nil {
 		return nil, fmt.Errorf("backup %s: %w", w.m.ID, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -249,6 +250,11 @@ func printSummary(cmd *cobra.Command, m *objectstore.Manifest) {
 	kv("Chunks", fmt.Sprintf("%d (%d new)", m.Stats.Chunks, m.Stats.ChunksNew))
 	kv("Bytes read/reused/new/stored", fmt.Sprintf("%s / %s / %s / %s", bytesIEC(uint64(m.Stats.BytesRead)),
 		bytesIEC(uint64(m.Stats.BytesReused)), bytesIEC(uint64(m.Stats.BytesNew)), bytesIEC(uint64(m.Stats.BytesStored))))
+	if m.LockedUntil != nil {
+		kv("Locked until", fmt.Sprintf("%s (S3 Object Lock; its data until %s; %d locks of reused chunks read, %d extended)",
+			m.LockedUntil.UTC().Format(time.RFC3339), m.DataLockedUntil.UTC().Format(time.RFC3339),
+			m.Stats.RetentionChecks, m.Stats.RetentionExtended))
+	}
 	kv("Source", sourceSpec(m.Summary))
 	for _, k := range sortedKeys(m.Source) {
 		kv("  "+k, m.Source[k])

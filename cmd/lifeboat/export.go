@@ -153,13 +153,16 @@ type exportJSON struct {
 	Seconds     float64 `json:"seconds"`
 	Path        string  `json:"path"`
 	Fallback    string  `json:"fallback,omitempty"`
+	// Object lock: dates of reused chunks read, and extended.
+	LockChecks   int64 `json:"lockChecks,omitempty"`
+	LockExtended int64 `json:"lockExtended,omitempty"`
 }
 
 func printExport(cmd *cobra.Command, g *globals, res *backup.Result) error {
 	s := res.Manifest.Stats
 	out := exportJSON{ID: res.Manifest.ID, BytesRead: int64(res.CephBytesRead), BytesNew: s.BytesNew,
 		BytesStored: s.BytesStored, Chunks: s.Chunks, ChunksNew: s.ChunksNew, Seconds: res.Seconds,
-		Path: res.Path, Fallback: res.Fallback}
+		Path: res.Path, Fallback: res.Fallback, LockChecks: s.RetentionChecks, LockExtended: s.RetentionExtended}
 	if ok, err := printStructured(cmd.OutOrStdout(), g.output, out); ok {
 		return err
 	}
@@ -171,6 +174,10 @@ func printExport(cmd *cobra.Command, g *globals, res *backup.Result) error {
 	fmt.Fprintf(cmd.ErrOrStderr(), "%s: read %s from Ceph, new %s, stored %s (%d of %d chunks new) in %.1fs\n",
 		how, bytesIEC(res.CephBytesRead), bytesIEC(uint64(s.BytesNew)), bytesIEC(uint64(s.BytesStored)),
 		s.ChunksNew, s.Chunks, res.Seconds)
+	if m := res.Manifest; m.LockedUntil != nil {
+		fmt.Fprintf(cmd.ErrOrStderr(), "locked until %s (S3 Object Lock); object locks of reused chunks: %d read, %d extended\n",
+			m.LockedUntil.UTC().Format(time.RFC3339), s.RetentionChecks, s.RetentionExtended)
+	}
 	return nil
 }
 

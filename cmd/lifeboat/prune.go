@@ -59,10 +59,11 @@ so no volume loses its last one. --pvc and --velero-backup narrow the backups co
 				}
 			}
 			for _, id := range ids {
-				if err := repo.Forget(cmd.Context(), id, force); err != nil {
+				f, err := repo.ForgetBackup(cmd.Context(), id, force)
+				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "forgot backup %s\n", id)
+				printForgotten(cmd, f)
 			}
 			if !prune {
 				return nil
@@ -167,6 +168,20 @@ stale locks included. Hosts sharing a repository need clocks that agree within 5
 	return cmd
 }
 
+// printForgotten says what forget did with one backup.
+func printForgotten(cmd *cobra.Command, f objectstore.Forgotten) {
+	switch {
+	case !f.Marked:
+		fmt.Fprintf(cmd.ErrOrStderr(), "forgot backup %s\n", f.ID)
+	case !f.Until.IsZero():
+		fmt.Fprintf(cmd.ErrOrStderr(), "backup %s is locked until %s (S3 Object Lock): marked forgotten, "+
+			"the first repo prune after then deletes it\n", f.ID, f.Until.UTC().Format(time.RFC3339))
+	default:
+		fmt.Fprintf(cmd.ErrOrStderr(), "backup %s: %s: marked forgotten, repo prune (with credentials that may delete) deletes it\n",
+			f.ID, f.Reason)
+	}
+}
+
 // printPruned reports what a prune did.
 func printPruned(cmd *cobra.Command, st objectstore.PruneStats) {
 	verb, locks := "deleted", "removed"
@@ -176,8 +191,16 @@ func printPruned(cmd *cobra.Command, st objectstore.PruneStats) {
 	for _, l := range st.StaleLocks {
 		fmt.Fprintf(cmd.ErrOrStderr(), "%s stale %s\n", locks, l)
 	}
+	for _, b := range st.BackupsLocked {
+		fmt.Fprintf(cmd.ErrOrStderr(), "backup %s, marked forgotten, is locked until %s (S3 Object Lock): kept\n",
+			b.ID, b.Until.UTC().Format(time.RFC3339))
+	}
 	fmt.Fprintf(cmd.OutOrStdout(), "%d backups: kept %d chunks and %d pages; %s %d chunks and %d pages (%s)\n",
 		st.Backups, st.ChunksKept, st.PagesKept, verb, st.ChunksDeleted, st.PagesDeleted, bytesIEC(uint64(st.BytesDeleted)))
+	if st.ObjectsLocked > 0 {
+		fmt.Fprintf(cmd.OutOrStdout(), "%d unreferenced chunks and pages are locked (S3 Object Lock), the last until %s: "+
+			"a prune after then deletes them\n", st.ObjectsLocked, st.LockedUntil.UTC().Format(time.RFC3339))
+	}
 }
 
 // lockRow is one line of `repo locks -o json`.

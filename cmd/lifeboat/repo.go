@@ -213,18 +213,33 @@ func (r *repoFlags) open(ctx context.Context, cmd *cobra.Command) (*objectstore.
 func newRepoCmd(g *globals) *cobra.Command {
 	repo := &cobra.Command{Use: "repo", Short: "Manage the backup repository on S3"}
 	rf := &repoFlags{}
-	var chunk string
+	var chunk, lock string
 	initCmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create a backup repository in an S3 bucket (and prefix)",
 		Long: `init writes the repository's config object. The chunk size is fixed for the repository's
 life. With --encryption-key-file every chunk and manifest is encrypted (AES-256-GCM) under a
-random master key wrapped by that key: keep the key safe, a lost key is lost backups.`,
+random master key wrapped by that key: keep the key safe, a lost key is lost backups.
+
+With --object-lock MODE:DURATION (governance or compliance, e.g. governance:30d) every backup
+object is written with an S3 Object Lock retain-until date, so that nobody holding the S3
+credentials, lifeboat included, can delete or overwrite a backup for DURATION after it was
+made (in compliance mode not even the bucket's root user; in governance mode one with
+s3:BypassGovernanceRetention can). The bucket must have Object Lock enabled, which S3 allows only
+when it is created (--s3-create-bucket does so). The policy is recorded in the repository config:
+every export applies it, and keeps the chunks it reuses locked as long as the new backup.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q, err := resource.ParseQuantity(strings.TrimSuffix(strings.TrimSuffix(chunk, "B"), "b"))
 			if err != nil {
 				return fmt.Errorf("--chunk-size %q: use a size like 4MiB", chunk)
+			}
+			var ol *objectstore.ObjectLock
+			if lock != "" {
+				if ol, err = objectstore.ParseObjectLock(lock); err != nil {
+					return fmt.Errorf("--object-lock: %w", err)
+				}
+				rf.s3.CreateWithObjectLock = true
 			}
 			be, err := rf.backend(cmd.Context(), cmd)
 			if err != nil {
@@ -234,17 +249,22 @@ random master key wrapped by that key: keep the key safe, a lost key is lost bac
 			if err != nil {
 				return err
 			}
-			repo, err := objectstore.Init(cmd.Context(), be, objectstore.InitOptions{ChunkSize: int(q.Value()), Key: key})
+			repo, err := objectstore.Init(cmd.Context(), be, objectstore.InitOptions{ChunkSize: int(q.Value()), Key: key, ObjectLock: ol})
 			if err != nil {
 				return err
 			}
 			c := repo.Config()
-			fmt.Fprintf(cmd.OutOrStdout(), "created repository %s in %s: chunk size %s, encryption %s\n",
-				c.ID[:12], be, bytesIEC(uint64(c.ChunkSize)), c.Encryption)
+			locking := "no object lock"
+			if c.ObjectLock != nil {
+				locking = "object lock " + c.ObjectLock.String()
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "created repository %s in %s: chunk size %s, encryption %s, %s\n",
+				c.ID[:12], be, bytesIEC(uint64(c.ChunkSize)), c.Encryption, locking)
 			return nil
 		},
 	}
 	addRepoFlags(initCmd, rf)
+	initCmd.Flags().StringVar(&lock, "object-lock", "", "MODE:DURATION: lock every backup for DURATION (S3 Object Lock; MODE governance or compliance; e.g. governance:30d)")
 	initCmd.Flags().StringVar(&chunk, "chunk-size", "1MiB", "chunk size, a power of two from 64KiB to 64MiB (1MiB: see the README's benchmark)")
 	repo.AddCommand(initCmd, newPruneCmd(g), newLocksCmd(g), newUnlockCmd(), newKeyChangeCmd())
 	return repo

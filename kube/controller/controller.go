@@ -98,6 +98,11 @@ type Controller struct {
 	// exporting are the snapshots being exported, by content name: told
 	// by an Event when S3 goes away and comes back under them.
 	exporting map[string]kube.Snapshot
+	// gone are contents deleted while ready and in scope but not backed up
+	// yet, by name. Velero 1.18 deletes the contents it made as soon as its
+	// backup completes (a Retain class keeps the RBD snapshot): what the
+	// informer saw is exported all the same, from the handle it holds.
+	gone map[string]*snapv1.VolumeSnapshotContent
 }
 
 // New builds a controller; Run starts it.
@@ -106,7 +111,7 @@ func New(cfg Config, k *kube.Clients, b *bridge.Bridge, repo *objectstore.Reposi
 		cfg.Workers = 1
 	}
 	c := &Controller{cfg: cfg, kube: k, bridge: b, repo: repo, metrics: m, exported: map[string]string{},
-		exporting: map[string]kube.Snapshot{}}
+		exporting: map[string]kube.Snapshot{}, gone: map[string]*snapv1.VolumeSnapshotContent{}}
 	if cfg.Retention != nil {
 		c.volumes = map[string][]objectstore.Summary{}
 	}
@@ -121,6 +126,7 @@ func New(cfg Config, k *kube.Clients, b *bridge.Bridge, repo *objectstore.Reposi
 	_, _ = vsc.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    c.enqueue,
 		UpdateFunc: func(_, o any) { c.enqueue(o) },
+		DeleteFunc: c.deleted,
 	})
 	c.recorder = newRecorder(k)
 	return c
@@ -232,10 +238,29 @@ func (c *Controller) wanted(vsc *snapv1.VolumeSnapshotContent) bool {
 	return !slices.Contains(c.cfg.ExcludeNamespaces, ns)
 }
 
+// deleted keeps a content deleted before it was backed up, so that its
+// snapshot is still exported (see Controller.gone).
+func (c *Controller) deleted(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	vsc, ok := obj.(*snapv1.VolumeSnapshotContent)
+	if !ok || !c.cfg.Export || !c.wanted(vsc) || !c.snapshotOf(vsc).Ready() {
+		return
+	}
+	if p := vsc.Annotations[AnnPhase]; p == PhaseExported || p == PhaseForgotten {
+		return
+	}
+	c.mu.Lock()
+	c.gone[vsc.Name] = vsc
+	c.mu.Unlock()
+	c.queue.Add(vsc.Name)
+}
+
 func (c *Controller) reconcile(ctx context.Context, name string) error {
 	vsc, err := c.contents.Get(name)
 	if apierrors.IsNotFound(err) {
-		return nil
+		return c.reconcileGone(ctx, name)
 	}
 	if err != nil {
 		return err
@@ -286,6 +311,28 @@ func (c *Controller) reconcile(ctx context.Context, name string) error {
 		return err
 	}
 	return c.export(ctx, s)
+}
+
+// reconcileGone exports a content deleted before it was backed up, once:
+// its snapshot may be gone from Ceph too (a Delete policy), so a failure is
+// reported, not retried.
+func (c *Controller) reconcileGone(ctx context.Context, name string) error {
+	c.mu.Lock()
+	vsc := c.gone[name]
+	delete(c.gone, name)
+	c.mu.Unlock()
+	if vsc == nil {
+		return nil
+	}
+	s := c.snapshotOf(vsc)
+	if c.backedUp(ctx, s) != "" {
+		return nil
+	}
+	slog.Info("exporting the snapshot of a deleted VolumeSnapshotContent", "volumeSnapshotContent", name, "handle", s.Handle())
+	if err := c.export(ctx, s); err != nil && ctx.Err() == nil {
+		slog.Warn("export of a deleted VolumeSnapshotContent failed; not retried", "volumeSnapshotContent", name, "err", err)
+	}
+	return nil
 }
 
 func (c *Controller) export(ctx context.Context, s kube.Snapshot) error {
@@ -484,6 +531,11 @@ func (c *Controller) annotate(ctx context.Context, s kube.Snapshot, ann map[stri
 	}
 	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
 	_, err := c.kube.Snap.SnapshotV1().VolumeSnapshotContents().Patch(ctx, s.Content.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if apierrors.IsNotFound(err) {
+		// Deleted under us (Velero deletes its contents when its backup
+		// completes): the export goes on from the handle; nothing to mark.
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("annotating VolumeSnapshotContent %s: %w", s.Content.Name, err)
 	}

@@ -167,8 +167,8 @@ func TestVeleroBackupRestore(t *testing.T) {
 		}
 	}
 
-	// The agent exports each snapshot once, whether it saw the content
-	// before Velero deleted it or sees the restored one below.
+	// The agent exports each snapshot once, before any restore: it exports
+	// what its informer saw even when Velero deleted the content first.
 	ids := map[string]string{}
 	waitFor(t, "the agent to export both snapshots", 3*time.Minute, func() bool {
 		for pvc, h := range handles {

@@ -24,6 +24,10 @@ type lockedPruneOut struct {
 	} `json:"backupsLocked"`
 	ObjectsLocked int64     `json:"objectsLocked"`
 	LockedUntil   time.Time `json:"lockedUntil"`
+	StaleLocks    []struct {
+		Kind     string `json:"kind"`
+		Released bool   `json:"released"`
+	} `json:"staleLocksRemoved"`
 }
 
 func lockedPrune(t *testing.T, b *bucket) lockedPruneOut {

@@ -120,7 +120,7 @@ REEF_GO_TAGS ?= reef
 # Tests of the real CSI path (our driver lbcsi, csi-provisioner, csi-snapshotter,
 # Velero) talk to the host stack's Ceph through lbcsi, not to the Reef cluster:
 # they run in test-pacific only (e2e: TestVelero*; test/sim: TestLivePath).
-REEF_SKIP ?= ^(TestVelero|TestLivePath)
+REEF_SKIP ?= ^(TestVelero|TestLivePath|TestStackListensOnLoopbackOnly)
 export LIFEBOAT_REEF_STACK_DIR
 REEF := $(STACK_SCRIPTS)/reef.sh
 

@@ -119,7 +119,8 @@ LIFEBOAT_REEF_STACK_DIR ?= /tmp/lifeboat-stack-reef
 REEF_GO_TAGS ?= reef
 # Tests of the real CSI path (our driver lbcsi, csi-provisioner, csi-snapshotter,
 # Velero) talk to the host stack's Ceph through lbcsi, not to the Reef cluster:
-# they run in test-pacific only (e2e: TestVelero*; test/sim: TestLivePath).
+# they run in test-pacific only (e2e: TestVelero*; test/sim: TestLivePath). The
+# loopback check of the stack's listeners runs there too (the Reef flavour starts only Ceph).
 REEF_SKIP ?= ^(TestVelero|TestLivePath|TestStackListensOnLoopbackOnly)
 export LIFEBOAT_REEF_STACK_DIR
 REEF := $(STACK_SCRIPTS)/reef.sh

@@ -231,7 +231,11 @@ func (c *Controller) wanted(vsc *snapv1.VolumeSnapshotContent) bool {
 	if !kube.IsRBDDriver(vsc.Spec.Driver, c.cfg.DriverSuffix) || !c.cfg.Selector.Matches(labels.Set(vsc.Labels)) {
 		return false
 	}
-	ns := vsc.Spec.VolumeSnapshotRef.Namespace
+	return c.inNamespaces(vsc.Spec.VolumeSnapshotRef.Namespace)
+}
+
+// inNamespaces tells whether namespace ns is in the configured scope.
+func (c *Controller) inNamespaces(ns string) bool {
 	if len(c.cfg.IncludeNamespaces) > 0 && !slices.Contains(c.cfg.IncludeNamespaces, ns) {
 		return false
 	}

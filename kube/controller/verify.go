@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -28,6 +29,10 @@ func (c *Controller) verifyLoop(ctx context.Context) {
 	}
 }
 
+// verifyAll publishes what verify finds. Snapshots outside the namespaces
+// the agent is told to watch are not counted: their owners' problems are
+// not this agent's alerts. Orphans are looked for cluster-wide all the
+// same: an orphan has no namespace any more.
 func (c *Controller) verifyAll(ctx context.Context) {
 	rep, err := c.bridge.Verify(ctx, nil)
 	if err != nil {
@@ -40,6 +45,10 @@ func (c *Controller) verifyAll(ctx context.Context) {
 		problems[code] = 0
 	}
 	clusters := map[string]bool{}
+	rep.Snapshots = slices.DeleteFunc(rep.Snapshots, func(s bridge.SnapshotReport) bool {
+		ns, _, _ := strings.Cut(s.VolumeSnapshot, "/")
+		return !c.inNamespaces(ns)
+	})
 	for _, s := range rep.Snapshots {
 		status[s.Status]++
 		for _, p := range s.Problems {

@@ -289,12 +289,54 @@ func (p *realPath) cleanup() {
 		}
 	}
 	_ = p.sim.Kube.CoreV1().Namespaces().Delete(ctx, p.ns, metav1.DeleteOptions{})
+	vscs := p.sim.Snap.SnapshotV1().VolumeSnapshotContents()
 	for _, c := range p.contents() {
 		if c.Spec.DeletionPolicy != snapv1.VolumeSnapshotContentDelete {
-			_, _ = p.sim.Snap.SnapshotV1().VolumeSnapshotContents().Patch(ctx, c.Name, types.MergePatchType,
-				[]byte(`{"spec":{"deletionPolicy":"Delete"}}`), metav1.PatchOptions{})
+			_, _ = vscs.Patch(ctx, c.Name, types.MergePatchType, []byte(`{"spec":{"deletionPolicy":"Delete"}}`), metav1.PatchOptions{})
 		}
-		_ = p.sim.Snap.SnapshotV1().VolumeSnapshotContents().Delete(ctx, c.Name, metav1.DeleteOptions{})
+		_ = vscs.Delete(ctx, c.Name, metav1.DeleteOptions{})
+	}
+	p.unstick(time.Minute)
+}
+
+// unstick waits until the contents the test's Velero backups and restores
+// made are gone. A content whose snapshot csi-snapshotter cannot delete
+// (its Ceph cluster is gone: the disaster-recovery tests remove theirs
+// first) would stay Terminating for ever, retried by snapshot-controller
+// and csi-snapshotter and seen by every later agent: after 10 s of
+// Terminating its finalizers are stripped.
+func (p *realPath) unstick(timeout time.Duration) {
+	ctx := context.Background()
+	vscs := p.sim.Snap.SnapshotV1().VolumeSnapshotContents()
+	deadline := time.Now().Add(timeout)
+	for {
+		l, err := vscs.List(ctx, metav1.ListOptions{})
+		if err != nil {
+			p.t.Logf("cleanup: listing VolumeSnapshotContents: %v", err)
+			return
+		}
+		left := 0
+		for _, c := range l.Items {
+			if c.Spec.VolumeSnapshotRef.Namespace != p.ns && !strings.Contains(c.Labels["velero.io/backup-name"], p.ns) {
+				continue
+			}
+			left++
+			if d := c.DeletionTimestamp; d != nil && time.Since(d.Time) > 10*time.Second || time.Now().After(deadline) {
+				_, _ = vscs.Patch(ctx, c.Name, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
+				_ = vscs.Delete(ctx, c.Name, metav1.DeleteOptions{})
+			}
+		}
+		// Velero makes the contents that delete a backup's snapshots while
+		// it deletes the backup: wait for the Backup objects too.
+		out, err := kubectl("get", "backups.velero.io", "-n", env.Get("VELERO_NAMESPACE"), "-l", "lifeboat.io/e2e-namespace="+p.ns, "-o", "name")
+		if err == nil && strings.TrimSpace(out) == "" && left == 0 {
+			return
+		}
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			p.t.Logf("cleanup: %d VolumeSnapshotContents of %s still there; backups: %s %v", left, p.ns, out, err)
+			return
+		}
+		time.Sleep(time.Second)
 	}
 }
 

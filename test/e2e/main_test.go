@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/lifeboat-backup/lifeboat/test/sim"
 )
@@ -119,13 +118,8 @@ func newWorldWith(t testing.TB, conf string, monitors []string, csiKey string) *
 func (w *world) cleanup() {
 	defer w.purgeImages()
 	ctx := context.Background()
-	contents, err := w.sim.Snap.SnapshotV1().VolumeSnapshotContents().List(ctx, metav1.ListOptions{})
-	if err == nil {
-		for _, c := range contents.Items {
-			if c.Spec.Driver == w.driver {
-				_ = w.sim.Snap.SnapshotV1().VolumeSnapshotContents().Delete(ctx, c.Name, metav1.DeleteOptions{})
-			}
-		}
+	if err := w.sim.PurgeObjects(ctx, w.id); err != nil {
+		w.t.Logf("cleanup: %v", err)
 	}
 	_ = w.sim.DeleteNamespace(ctx, w.id)
 	rookMu.Lock()

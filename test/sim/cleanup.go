@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"sort"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // CleanupNamespace deletes every simulated snapshot (VolumeSnapshots bound
@@ -74,8 +76,87 @@ func (s *Sim) CleanupNamespace(ctx context.Context, namespace string) error {
 			errs = append(errs, last)
 		}
 	}
+	// What is not the Sim's (unbound, another driver's) must not outlive
+	// the namespace either.
+	if err := s.PurgeObjects(ctx, namespace); err != nil {
+		errs = append(errs, err)
+	}
 	if err := s.DeleteNamespace(ctx, namespace); err != nil {
 		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// PurgeObjects deletes, whatever state they are in, the Kubernetes objects
+// a test may leave in namespace or on this Sim's driver: VolumeSnapshots,
+// VolumeSnapshotContents (switched to Retain first: nothing reaches Ceph),
+// PVCs and PVs. It deletes first and strips the finalizers after, because
+// once an object is being deleted no controller may add one back: the
+// stack's real snapshot-controller and kube-controller-manager keep them
+// on otherwise, and every object left behind is one they retry forever.
+// Ceph is not touched: the caller removes its images.
+func (s *Sim) PurgeObjects(ctx context.Context, namespace string) error {
+	var errs []error
+	add := func(what string, err error) {
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("%s: %w", what, err))
+		}
+	}
+	unfinalize := []byte(`{"metadata":{"finalizers":null}}`)
+	retain := []byte(`{"spec":{"deletionPolicy":"Retain"}}`)
+	opts := metav1.DeleteOptions{}
+
+	vss := s.Snap.SnapshotV1().VolumeSnapshots(namespace)
+	if l, err := vss.List(ctx, metav1.ListOptions{}); err == nil {
+		for _, o := range l.Items {
+			add("volumesnapshot "+namespace+"/"+o.Name, vss.Delete(ctx, o.Name, opts))
+			_, err := vss.Patch(ctx, o.Name, types.MergePatchType, unfinalize, metav1.PatchOptions{})
+			add("volumesnapshot "+namespace+"/"+o.Name, err)
+		}
+	} else {
+		add("listing volumesnapshots", err)
+	}
+	vscs := s.Snap.SnapshotV1().VolumeSnapshotContents()
+	if l, err := vscs.List(ctx, metav1.ListOptions{}); err == nil {
+		for _, o := range l.Items {
+			if o.Spec.Driver != s.opts.Driver && o.Spec.VolumeSnapshotRef.Namespace != namespace {
+				continue
+			}
+			_, err := vscs.Patch(ctx, o.Name, types.MergePatchType, retain, metav1.PatchOptions{})
+			add("volumesnapshotcontent "+o.Name, err)
+			add("volumesnapshotcontent "+o.Name, vscs.Delete(ctx, o.Name, opts))
+			_, err = vscs.Patch(ctx, o.Name, types.MergePatchType, unfinalize, metav1.PatchOptions{})
+			add("volumesnapshotcontent "+o.Name, err)
+		}
+	} else {
+		add("listing volumesnapshotcontents", err)
+	}
+	pvcs := s.Kube.CoreV1().PersistentVolumeClaims(namespace)
+	if l, err := pvcs.List(ctx, metav1.ListOptions{}); err == nil {
+		for _, o := range l.Items {
+			add("pvc "+namespace+"/"+o.Name, pvcs.Delete(ctx, o.Name, opts))
+			_, err := pvcs.Patch(ctx, o.Name, types.MergePatchType, unfinalize, metav1.PatchOptions{})
+			add("pvc "+namespace+"/"+o.Name, err)
+		}
+	} else {
+		add("listing pvcs", err)
+	}
+	pvs := s.Kube.CoreV1().PersistentVolumes()
+	if l, err := pvs.List(ctx, metav1.ListOptions{}); err == nil {
+		for _, o := range l.Items {
+			ours := o.Spec.CSI != nil && o.Spec.CSI.Driver == s.opts.Driver
+			if !ours && (o.Spec.ClaimRef == nil || o.Spec.ClaimRef.Namespace != namespace) {
+				continue
+			}
+			// Retain: the caller removes the images, no provisioner must.
+			_, err := pvs.Patch(ctx, o.Name, types.MergePatchType, []byte(`{"spec":{"persistentVolumeReclaimPolicy":"Retain"}}`), metav1.PatchOptions{})
+			add("pv "+o.Name, err)
+			add("pv "+o.Name, pvs.Delete(ctx, o.Name, opts))
+			_, err = pvs.Patch(ctx, o.Name, types.MergePatchType, unfinalize, metav1.PatchOptions{})
+			add("pv "+o.Name, err)
+		}
+	} else {
+		add("listing pvs", err)
 	}
 	return errors.Join(errs...)
 }

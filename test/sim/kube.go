@@ -276,10 +276,11 @@ func (s *Sim) deletePV(ctx context.Context, name string) error {
 	return nil
 }
 
-// DeleteNamespace deletes a namespace and, since no namespace controller
-// runs against the test API server, clears its "kubernetes" finalizer so it
-// does not stay Terminating forever. Objects still inside it are left in
-// etcd: delete them first. Missing is not an error.
+// DeleteNamespace deletes a namespace and clears its "kubernetes"
+// finalizer, so that it goes at once instead of when a namespace controller
+// (kube-controller-manager, when the stack runs one) has emptied it.
+// Objects still inside it are left in etcd: delete them first
+// (PurgeObjects). Missing is not an error.
 func (s *Sim) DeleteNamespace(ctx context.Context, name string) error {
 	nss := s.Kube.CoreV1().Namespaces()
 	err := nss.Delete(ctx, name, metav1.DeleteOptions{})

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stops the processes up.sh started (by pid file, nothing else).
-#   down.sh          # stop; data in $LIFEBOAT_STACK_DIR is kept (Ceph's is lost: memstore)
+#   down.sh          # stop; data in $LIFEBOAT_STACK_DIR is kept (Ceph's is lost: memstore; etcd's is cleared at the next start)
 #   down.sh --wipe   # stop and delete $LIFEBOAT_STACK_DIR
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -50,6 +50,10 @@ etcd_healthy() { curl -fsS "http://127.0.0.1:$LB_ETCD_PORT/health" | grep -q '"h
 ensure_etcd() {
   local peer=http://127.0.0.1:$LB_ETCD_PEER_PORT client=http://127.0.0.1:$LB_ETCD_PORT
   if need_start etcd "$D/etcd" "$LB_ETCD_PORT" "$LB_ETCD_PEER_PORT"; then
+    # Start empty: the Ceph cluster is new at every start too (memstore), so
+    # objects kept from an earlier run would point at nothing, and every one
+    # left is retried for ever by snapshot-controller and csi-snapshotter.
+    rm -rf "$D/etcd"
     # --unsafe-no-fsync: throwaway test data, and fsync per write makes the API slow on shared disks.
     start_bg etcd "$D/etcd" "$LB_ETCD_BIN" --name lifeboat --data-dir "$D/etcd" \
       --listen-client-urls "$client" --advertise-client-urls "$client" \

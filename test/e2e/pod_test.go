@@ -35,8 +35,10 @@ const podMetrics = "127.0.0.1:15290"
 //     Ready, as UID 65532 on a read-only root without capabilities, and takes
 //     the Lease with its ServiceAccount's own token through in-cluster
 //     configuration (the pod has no kubeconfig);
-//   - it verifies and exports a Velero-style snapshot and annotates it; the
-//     backup restores bit-exactly;
+//   - the agent leading, a real `velero backup create` snapshots a PVC
+//     provisioned on the stack's real CSI path; the pod verifies and exports
+//     Velero's VolumeSnapshotContent and annotates it; the backup restores
+//     bit-exactly;
 //   - /metrics answers and parses; a real Prometheus finds the pod through
 //     the Service's endpoints with the relabelling the ServiceMonitor implies,
 //     scrapes it and evaluates every alert of deploy/prometheusrule.yaml
@@ -53,12 +55,13 @@ func TestPod(t *testing.T) {
 
 	lockDeployedRBAC(t)
 	depInstallMonitoringCRDs(t)
-	w := newWorld(t)
-	admin := w.sim.Kube
-	vol := podVolume(t, w)
-	snap := w.snapshot(vol, "nightly")
-	bucket := removedAtEnd(t, "pod-"+w.id).name
-	keyFile := podSecrets(t, admin, bucket)
+	p := newRealPath(t, "pod")
+	scratch := newWorld(t) // a RADOS namespace to restore into, purged at the end
+	admin := p.sim.Kube
+	pvc := p.createPVC("data", 32*MiB)
+	want := p.writePVC(pvc, 1)
+	bucket := removedAtEnd(t, "pod-"+p.ns).name
+	keyFile := podSecrets(t, admin, bucket, p.ns)
 	t.Setenv("AWS_ACCESS_KEY_ID", env.Get("AWS_ACCESS_KEY_ID"))
 	t.Setenv("AWS_SECRET_ACCESS_KEY", env.Get("AWS_SECRET_ACCESS_KEY"))
 	repo := []string{"--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket, "--encryption-key-file", keyFile}
@@ -67,7 +70,7 @@ func TestPod(t *testing.T) {
 	}
 
 	depFreeLease(t, admin)
-	podApply(t, podOverlay(t, w.driver))
+	podApply(t, podOverlay(t, realDriver))
 	t.Cleanup(func() { // runs before podApply's: the objects still exist
 		if t.Failed() {
 			out, _ := depKubectl("get", "deploy,rs,pods,jobs,events", "-n", deployNS, "-o", "wide")
@@ -81,15 +84,30 @@ func TestPod(t *testing.T) {
 	t.Run("security and in-cluster config", func(t *testing.T) { podCheckProcess(t, node, pod) })
 	t.Run("holds the lease", func(t *testing.T) { podWaitLeader(t, admin, pod.Name) })
 
-	// It exports the Velero snapshot; the backup restores bit-exactly.
+	// Velero backs the namespace up while the pod leads: Velero 1.18
+	// deletes its VolumeSnapshots and contents once the backup completes
+	// (the class's Retain keeps the RBD snapshot), so the agent must be
+	// watching already; the repository, not the content, says what it
+	// exported.
+	seen, content, h := podVeleroBackup(t, p, pvc)
+	img, snap := snapshotImage(t, h)
+	if got := p.imageSHA256(img, snap); got != want {
+		t.Fatalf("snapshot %s of PVC %s: sha256 %s, the volume had %s", h, pvc.Name, got, want)
+	}
 	var id string
-	waitFor(t, "the pod to export "+snap.ContentName, 3*time.Minute, func() bool {
-		a := w.annotations(snap.ContentName)
-		id = a["lifeboat.io/backup-id"]
-		return a["lifeboat.io/phase"] == "Exported"
+	waitFor(t, "the pod to export "+h, 3*time.Minute, func() bool {
+		b := podBackupsOf(t, repo, h)
+		if len(b) > 1 {
+			t.Fatalf("snapshot %s exported %d times: %v", h, len(b), b)
+		}
+		if len(b) == 1 {
+			id = b[0]
+		}
+		return id != ""
 	})
-	t.Logf("exported: backup %s", id)
-	restoreAndCompare(t, w, bucket, id, snap, "--encryption-key-file", keyFile)
+	t.Logf("exported: backup %s after %s", id, time.Since(start).Round(time.Second))
+	podCheckAnnotated(t, seen, content, id)
+	podRestoreAndCompare(t, scratch, bucket, id, want, "--encryption-key-file", keyFile)
 
 	t.Run("metrics", func(t *testing.T) { podCheckMetrics(t) })
 	t.Run("prometheus scrapes it", func(t *testing.T) { podPrometheus(t, node, pod) })
@@ -97,24 +115,103 @@ func TestPod(t *testing.T) {
 	t.Run("prune cronjob as a job", func(t *testing.T) { podRunPrune(t, admin, node) })
 }
 
-// podVolume is w.volume, retried: with a real kube-controller-manager on the
-// stack, its PV controllers may update a PV between the simulator's create
-// and status update (a conflict, not a failure of what this test checks).
-func podVolume(t *testing.T, w *world) *sim.Volume {
+// podVeleroBackup runs `velero backup create` of the path's namespace (one
+// PVC) and returns the watch that saw the backup's VolumeSnapshotContent
+// (Velero may have deleted it already), its name and its snapshot handle.
+func podVeleroBackup(t *testing.T, p *realPath, pvc *realPVC) (seen *vscSeen, content, handle string) {
 	t.Helper()
-	ctx := context.Background()
-	for try := 1; ; try++ {
-		v, err := w.sim.CreateVolume(ctx, w.id, fmt.Sprintf("data-%d", try), 32*MiB)
-		if err == nil {
-			regions := []sim.Region{{Off: 0, Len: 4 * MiB, Kind: sim.Random}, {Off: 8 * MiB, Len: 4 * MiB, Kind: sim.Text}}
-			if err := v.Fill(ctx, regions, 1); err != nil {
-				t.Fatalf("Fill: %v", err)
+	seen = p.watchContents()
+	backup := "b-" + p.ns
+	st := p.veleroBackup(backup)
+	if st.CSIVolumeSnapshotsAttempted != 1 || st.CSIVolumeSnapshotsCompleted != 1 {
+		t.Fatalf("backup %s: CSI snapshots %d attempted, %d completed; want 1 and 1", backup, st.CSIVolumeSnapshotsAttempted, st.CSIVolumeSnapshotsCompleted)
+	}
+	waitFor(t, "the watch to see the VolumeSnapshotContent of backup "+backup, 30*time.Second, func() bool {
+		for name, c := range seen.ofBackup(backup) {
+			if c.Spec.Driver == realDriver && c.Spec.Source.VolumeHandle != nil && *c.Spec.Source.VolumeHandle == pvc.Handle &&
+				c.Status != nil && c.Status.SnapshotHandle != nil {
+				content, handle = name, *c.Status.SnapshotHandle
+				return true
 			}
-			return v
 		}
-		if try == 5 || !strings.Contains(err.Error(), "the object has been modified") {
-			t.Fatalf("CreateVolume: %v", err)
+		return false
+	})
+	seen.mu.Lock()
+	_, deleted := seen.deleted[content]
+	t.Logf("velero backup %s: VolumeSnapshotContent %s (deleted by Velero: %v, last lifeboat.io/phase %q), snapshot %s",
+		backup, content, deleted, seen.last[content].Annotations["lifeboat.io/phase"], handle)
+	seen.mu.Unlock()
+	return seen, content, handle
+}
+
+// podCheckAnnotated: the pod annotated the backup's VolumeSnapshotContent.
+// The agent marks it Exporting once verified, exports, then marks it
+// Exported; Velero may delete it in between. So the last state the watch
+// saw is Exported with the backup's id, or Exporting and then deleted.
+func podCheckAnnotated(t *testing.T, seen *vscSeen, name, id string) {
+	t.Helper()
+	var last map[string]string
+	deleted := false
+	waitFor(t, "VolumeSnapshotContent "+name+" Exported or deleted", time.Minute, func() bool {
+		seen.mu.Lock()
+		defer seen.mu.Unlock()
+		last = seen.last[name].Annotations
+		_, deleted = seen.deleted[name]
+		return deleted || last["lifeboat.io/phase"] == "Exported"
+	})
+	phase := last["lifeboat.io/phase"]
+	t.Logf("VolumeSnapshotContent %s: last seen %q, deleted by Velero: %v", name, phase, deleted)
+	if last["lifeboat.io/verified"] != "OK" {
+		t.Errorf("VolumeSnapshotContent %s: lifeboat.io/verified %q, want OK (annotations %v)", name, last["lifeboat.io/verified"], last)
+	}
+	switch phase {
+	case "Exported":
+		if last["lifeboat.io/backup-id"] != id || last["lifeboat.io/exported-at"] == "" || last["lifeboat.io/repository"] == "" {
+			t.Errorf("VolumeSnapshotContent %s Exported with annotations %v, want backup %s", name, last, id)
 		}
+	case "Exporting": // and deleted: the wait above
+	default:
+		t.Errorf("VolumeSnapshotContent %s: last lifeboat.io/phase %q, want Exporting or Exported (annotations %v)", name, phase, last)
+	}
+}
+
+// podBackupsOf lists the backups of snapshot handle h in the test's
+// (encrypted) repository.
+func podBackupsOf(t *testing.T, repo []string, h string) []string {
+	t.Helper()
+	r := runLifeboat(t, append([]string{"backups", "list", "-o", "json"}, repo...)...)
+	if r.code != 0 {
+		t.Fatalf("backups list: %s", r.stderr)
+	}
+	var list []struct {
+		ID     string
+		Source map[string]string
+	}
+	mustJSON(t, r.stdout, &list)
+	var ids []string
+	for _, b := range list {
+		if b.Source["snapshotHandle"] == h {
+			ids = append(ids, b.ID)
+		}
+	}
+	return ids
+}
+
+// podRestoreAndCompare restores backup id into the scratch world's RADOS
+// namespace and compares it with want, the snapshot's sha256.
+func podRestoreAndCompare(t *testing.T, scratch *world, bucket, id, want string, extra ...string) {
+	t.Helper()
+	r := runLifeboat(t, append([]string{"restore", id, "--to", scratch.spec("restored"), "--ceph-conf", env.Get("CEPH_CONF"),
+		"--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket}, extra...)...)
+	if r.code != 0 {
+		t.Fatalf("restore %s: %s", id, r.stderr)
+	}
+	got, err := scratch.sim.ImageSHA256(context.Background(), "restored", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want {
+		t.Errorf("backup %s restores to sha256 %s, the snapshot is %s", id, got, want)
 	}
 }
 
@@ -136,9 +233,10 @@ func podNodeEnv(t *testing.T) sim.Env {
 }
 
 // podSecrets makes the objects deploy/examples/ stands for, for this test's
-// bucket: the config (metrics on the overlay's loopback port), the S3 and
-// encryption key Secrets. It returns the key's file for the CLI.
-func podSecrets(t *testing.T, admin kubernetes.Interface, bucket string) string {
+// bucket: the config (metrics on the overlay's loopback port, the example's
+// selector, only the test's namespace: other tests share the API server),
+// the S3 and encryption key Secrets. It returns the key's file for the CLI.
+func podSecrets(t *testing.T, admin kubernetes.Interface, bucket, ns string) string {
 	t.Helper()
 	ctx := context.Background()
 	key := "lifeboat-e2e-pod-" + bucket + "-key"
@@ -149,12 +247,14 @@ encryptionKeyFile: /etc/lifeboat/key/key
 parallel: 4
 agent:
   workers: 2
+  selector: velero.io/backup-name
+  includeNamespaces: [%q]
   verifyInterval: 1h
   leaseName: %s
   metricsAddress: %q
   csiConfigMap: rook-ceph-csi-config
   cephSecret: rook-csi-rbd-provisioner
-`, env.Get("S3_ENDPOINT"), bucket, depLease, podMetrics)
+`, env.Get("S3_ENDPOINT"), bucket, ns, depLease, podMetrics)
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "lifeboat-config", Namespace: deployNS},
 		Data: map[string]string{"config.yaml": config}}
 	secrets := []*corev1.Secret{
@@ -181,9 +281,10 @@ agent:
 	return keyFile
 }
 
-// podOverlay is test/node/overlay for this stack and world: the API server's
-// port, the simulator's driver, and probes frequent enough for a test (the
-// base's take minutes to fail).
+// podOverlay is test/node/overlay for this stack: the API server's port, the
+// CSI driver (the real path's: its periodic verification then covers no
+// simulator world of another test), and probes frequent enough for a test
+// (the base's take minutes to fail).
 func podOverlay(t *testing.T, driver string) string {
 	t.Helper()
 	dir := t.TempDir()

@@ -4,11 +4,13 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -19,12 +21,14 @@ import (
 // internal/volume/volumes_information.go) lifeboat reads: which PVC, and
 // for a CSI snapshot its handle.
 type VeleroVolumeInfo struct {
-	PVCName         string `json:"pvcName"`
-	PVCNamespace    string `json:"pvcNamespace"`
-	BackupMethod    string `json:"backupMethod"`
-	Skipped         bool   `json:"skipped"`
+	PVCName         string       `json:"pvcName"`
+	PVCNamespace    string       `json:"pvcNamespace"`
+	BackupMethod    string       `json:"backupMethod"`
+	Skipped         bool         `json:"skipped"`
+	StartTimestamp  *metav1.Time `json:"startTimestamp"`
 	CSISnapshotInfo *struct {
 		SnapshotHandle string `json:"snapshotHandle"`
+		Size           int64  `json:"size"`
 		Driver         string `json:"driver"`
 		VSCName        string `json:"vscName"`
 	} `json:"csiSnapshotInfo"`
@@ -99,4 +103,46 @@ func fetchVolumeInfos(ctx context.Context, url, backup string) ([]VeleroVolumeIn
 		return nil, fmt.Errorf("backup %s's volume list: %w", backup, err)
 	}
 	return infos, nil
+}
+
+var veleroBackups = schema.GroupVersionResource{Group: "velero.io", Version: "v1", Resource: "backups"}
+
+// VeleroBackup is the part of a velero.io/v1 Backup lifeboat reads.
+type VeleroBackup struct {
+	Name      string
+	Phase     string
+	Completed time.Time // zero until the backup completes
+}
+
+// Done tells whether Velero is finished with the backup and its volume
+// list is written: Completed, or PartiallyFailed (some volumes made it).
+func (b VeleroBackup) Done() bool { return b.Phase == "Completed" || b.Phase == "PartiallyFailed" }
+
+// ErrNoVelero is returned by VeleroBackups when the velero.io API is not
+// served: Velero is not installed.
+var ErrNoVelero = errors.New("the velero.io/v1 API is not served: is Velero installed?")
+
+// VeleroBackups lists the Backups in Velero's namespace ns.
+func (c *Clients) VeleroBackups(ctx context.Context, ns string) ([]VeleroBackup, error) {
+	dyn, err := dynamic.NewForConfig(c.Config)
+	if err != nil {
+		return nil, err
+	}
+	l, err := dyn.Resource(veleroBackups).Namespace(ns).List(ctx, metav1.ListOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, ErrNoVelero
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing Velero backups in namespace %s: %w", ns, err)
+	}
+	out := make([]VeleroBackup, 0, len(l.Items))
+	for _, o := range l.Items {
+		b := VeleroBackup{Name: o.GetName()}
+		b.Phase, _, _ = unstructured.NestedString(o.Object, "status", "phase")
+		if s, _, _ := unstructured.NestedString(o.Object, "status", "completionTimestamp"); s != "" {
+			b.Completed, _ = time.Parse(time.RFC3339, s)
+		}
+		out = append(out, b)
+	}
+	return out, nil
 }

@@ -47,6 +47,9 @@ type agentConfig struct {
 	CSIConfigMap      string           `json:"csiConfigMap"`
 	CephSecret        string           `json:"cephSecret"`
 	Retention         *retentionConfig `json:"retention"`
+	VeleroNamespace   *string          `json:"veleroNamespace"`
+	VeleroLookback    string           `json:"veleroLookback"`
+	VeleroInterval    string           `json:"veleroInterval"`
 }
 
 // retentionConfig is agent.retention: the policy applied to a volume's

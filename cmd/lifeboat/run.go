@@ -35,6 +35,9 @@ type runFlags struct {
 	identity       string
 	metricsAddress string
 	retention      *objectstore.Policy
+	veleroNS       string
+	veleroLookback time.Duration
+	veleroInterval time.Duration
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -74,6 +77,9 @@ Every setting is checked at start; a bad one is a clear error and exit code 2.`,
 	f.StringVar(&r.leaseName, "lease-name", "lifeboat", "name of the leader Lease")
 	f.StringVar(&r.identity, "identity", "", "leader election identity (default: the pod name, else the hostname)")
 	f.StringVar(&r.metricsAddress, "metrics-address", ":9090", "address for /metrics, /healthz and /readyz")
+	f.StringVar(&r.veleroNS, "velero-namespace", "velero", "Velero's namespace, whose completed backups are read for snapshots never exported (\"\": never)")
+	f.DurationVar(&r.veleroLookback, "velero-lookback", 7*24*time.Hour, "how far back Velero's completed backups are read (0: never)")
+	f.DurationVar(&r.veleroInterval, "velero-interval", 10*time.Minute, "how often Velero's backups are read")
 	return cmd
 }
 
@@ -102,6 +108,22 @@ func (r *runFlags) merge(cmd *cobra.Command, a agentConfig, g *globals) error {
 		}
 		r.verifyInterval = d
 	}
+	if a.VeleroNamespace != nil && !changed("velero-namespace") {
+		r.veleroNS = *a.VeleroNamespace
+	}
+	for _, d := range []struct {
+		key, flag, val string
+		to             *time.Duration
+	}{{"agent.veleroLookback", "velero-lookback", a.VeleroLookback, &r.veleroLookback}, {"agent.veleroInterval", "velero-interval", a.VeleroInterval, &r.veleroInterval}} {
+		if d.val == "" || changed(d.flag) {
+			continue
+		}
+		v, err := time.ParseDuration(d.val)
+		if err != nil {
+			return fmt.Errorf("%s %q: %v (e.g. 168h, 10m)", d.key, d.val, err)
+		}
+		*d.to = v
+	}
 	if a.LeaseName != "" && !changed("lease-name") {
 		r.leaseName = a.LeaseName
 	}
@@ -124,8 +146,11 @@ func (r *runFlags) merge(cmd *cobra.Command, a agentConfig, g *globals) error {
 	if r.workers < 1 {
 		return fmt.Errorf("workers must be at least 1, not %d", r.workers)
 	}
-	if r.verifyInterval < 0 {
-		return fmt.Errorf("verify interval must not be negative")
+	if r.verifyInterval < 0 || r.veleroLookback < 0 {
+		return fmt.Errorf("verify interval and Velero lookback must not be negative")
+	}
+	if r.veleroInterval <= 0 {
+		return fmt.Errorf("Velero interval must be positive, not %s", r.veleroInterval)
 	}
 	if _, err := labels.Parse(r.selector); err != nil {
 		return fmt.Errorf("selector %q: %v", r.selector, err)
@@ -187,7 +212,7 @@ func (r *runFlags) run(ctx context.Context, g *globals, rf *repoFlags) error {
 	defer srv.Close()
 	cfg := controller.Config{Workers: r.workers, Export: r.export, Selector: sel, IncludeNamespaces: r.include,
 		ExcludeNamespaces: r.exclude, VerifyInterval: r.verifyInterval, Parallel: rf.parallel, DriverSuffix: g.driver,
-		Retention: r.retention}
+		Retention: r.retention, VeleroNamespace: r.veleroNS, VeleroLookback: r.veleroLookback, VeleroInterval: r.veleroInterval}
 	ctrl := controller.New(cfg, b.Kube, b, repo, m)
 	m.ObjectstoreUp.Set(1)
 	ready.Store(true)

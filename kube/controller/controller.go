@@ -72,6 +72,12 @@ type Config struct {
 	// Retention, if set, is applied to a volume's backups after each
 	// export of it: what it does not keep is forgotten (not pruned).
 	Retention *objectstore.Policy
+	// VeleroNamespace is where Velero runs: its completed backups of the
+	// last VeleroLookback are read every VeleroInterval for snapshots the
+	// agent never saw (see catchUp). "" or a zero lookback: never.
+	VeleroNamespace string
+	VeleroLookback  time.Duration
+	VeleroInterval  time.Duration
 }
 
 // Controller reconciles VolumeSnapshotContents.
@@ -102,7 +108,10 @@ type Controller struct {
 	// yet, by name. Velero 1.18 deletes the contents it made as soon as its
 	// backup completes (a Retain class keeps the RBD snapshot): what the
 	// informer saw is exported all the same, from the handle it holds.
-	gone map[string]*snapv1.VolumeSnapshotContent
+	gone map[string]kube.Snapshot
+	// caughtUp are the Velero backups whose snapshots were all found
+	// exported or queued for export (see catchUp).
+	caughtUp map[string]bool
 }
 
 // New builds a controller; Run starts it.
@@ -111,7 +120,7 @@ func New(cfg Config, k *kube.Clients, b *bridge.Bridge, repo *objectstore.Reposi
 		cfg.Workers = 1
 	}
 	c := &Controller{cfg: cfg, kube: k, bridge: b, repo: repo, metrics: m, exported: map[string]string{},
-		exporting: map[string]kube.Snapshot{}, gone: map[string]*snapv1.VolumeSnapshotContent{}}
+		exporting: map[string]kube.Snapshot{}, gone: map[string]kube.Snapshot{}, caughtUp: map[string]bool{}}
 	if cfg.Retention != nil {
 		c.volumes = map[string][]objectstore.Summary{}
 	}
@@ -171,6 +180,8 @@ func (c *Controller) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); c.verifyLoop(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); c.watchOutages(ctx, 2*time.Second) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); c.catchUpLoop(ctx) }()
 	<-ctx.Done()
 	c.queue.ShutDown()
 	wg.Wait()
@@ -255,10 +266,16 @@ func (c *Controller) deleted(obj any) {
 	if p := vsc.Annotations[AnnPhase]; p == PhaseExported || p == PhaseForgotten {
 		return
 	}
+	c.queueGone(c.snapshotOf(vsc))
+}
+
+// queueGone queues the export of a snapshot whose content is gone. The
+// queue, keyed by the content's name, keeps two workers off one snapshot.
+func (c *Controller) queueGone(s kube.Snapshot) {
 	c.mu.Lock()
-	c.gone[vsc.Name] = vsc
+	c.gone[s.Content.Name] = s
 	c.mu.Unlock()
-	c.queue.Add(vsc.Name)
+	c.queue.Add(s.Content.Name)
 }
 
 func (c *Controller) reconcile(ctx context.Context, name string) error {
@@ -322,13 +339,12 @@ func (c *Controller) reconcile(ctx context.Context, name string) error {
 // reported, not retried.
 func (c *Controller) reconcileGone(ctx context.Context, name string) error {
 	c.mu.Lock()
-	vsc := c.gone[name]
+	s, ok := c.gone[name]
 	delete(c.gone, name)
 	c.mu.Unlock()
-	if vsc == nil {
+	if !ok {
 		return nil
 	}
-	s := c.snapshotOf(vsc)
 	if c.backedUp(ctx, s) != "" {
 		return nil
 	}
@@ -549,7 +565,7 @@ func (c *Controller) annotate(ctx context.Context, s kube.Snapshot, ann map[stri
 // event records on the VolumeSnapshotContent and its VolumeSnapshot.
 func (c *Controller) event(s kube.Snapshot, typ, reason, format string, args ...any) {
 	c.recorder.Eventf(s.Content, typ, reason, format, args...)
-	if s.Snapshot != nil {
+	if s.Snapshot != nil && s.Snapshot.Name != "" { // nameless: rebuilt from Velero's record
 		c.recorder.Eventf(s.Snapshot, typ, reason, format, args...)
 	}
 }

@@ -22,6 +22,7 @@ type Metrics struct {
 	ExportPaths    *prometheus.CounterVec
 	Fallbacks      *prometheus.CounterVec
 	Retention      *prometheus.CounterVec
+	CaughtUp       prometheus.Counter
 	LastExport     *prometheus.GaugeVec
 	VerifyProblems *prometheus.GaugeVec
 	CephUp         *prometheus.GaugeVec
@@ -53,6 +54,8 @@ func NewMetrics() *Metrics {
 		Help: "Incremental exports that could not use Ceph's diff and read every allocated chunk instead, by reason."}, []string{"reason"})
 	m.Retention = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lifeboat_retention_forgets_total",
 		Help: "Backups the retention policy forgot (forgotten), and attempts that failed (failure)."}, []string{"result"})
+	m.CaughtUp = prometheus.NewCounter(prometheus.CounterOpts{Name: "lifeboat_velero_caught_up_total",
+		Help: "Snapshots of completed Velero backups the agent never saw as VolumeSnapshotContents (taken while no agent led), queued for export from Velero's volume list."})
 	m.LastExport = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lifeboat_last_export_timestamp_seconds",
 		Help: "Unix time of the last successful export of each PVC."}, []string{"namespace", "pvc"})
 	m.VerifyProblems = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lifeboat_verify_problems",
@@ -66,7 +69,7 @@ func NewMetrics() *Metrics {
 	m.Leader = prometheus.NewGauge(prometheus.GaugeOpts{Name: "lifeboat_leader",
 		Help: "1 when this replica holds the leader lease and works, 0 on standby."})
 	for _, c := range []prometheus.Collector{m.Snapshots, m.OrphanImages, m.OrphanBytes, m.Exports, m.ExportBytes,
-		m.ExportDuration, m.ExportPaths, m.Fallbacks, m.Retention, m.LastExport, m.VerifyProblems, m.CephUp, m.ObjectstoreUp, m.Damaged, m.Leader,
+		m.ExportDuration, m.ExportPaths, m.Fallbacks, m.Retention, m.CaughtUp, m.LastExport, m.VerifyProblems, m.CephUp, m.ObjectstoreUp, m.Damaged, m.Leader,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		f(c)
 	}

@@ -10,8 +10,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -272,4 +274,101 @@ func keys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// TestVeleroCatchUp: a Velero backup taken while no agent runs leaves
+// nothing to watch (Velero deletes its VolumeSnapshotContents as soon as it
+// completes). The agent, started afterwards, finds the snapshot in Velero's
+// volume list of the backup (a DownloadRequest answered by the real Velero
+// server) and exports it once, with the PVC and Velero backup it belongs
+// to; the backup restores bit-exactly; a restarted agent exports nothing
+// again.
+func TestVeleroCatchUp(t *testing.T) {
+	p := newRealPath(t, "catchup")
+	w := &world{t: t, sim: p.sim, id: p.ns, driver: realDriver}
+	s3Creds(t)
+	bucket := removedAtEnd(t, "catchup-"+p.ns).name
+	initRepo(t, bucket)
+	kc := saKubeconfig(t, w)
+	db := p.createPVC("db", 16*MiB)
+	want := p.writePVC(db, 3)
+
+	// The backup, with no agent running: Velero deletes its content.
+	seen := p.watchContents()
+	backup := "b-" + p.ns
+	if st := p.veleroBackup(backup); st.CSIVolumeSnapshotsCompleted != 1 {
+		t.Fatalf("backup %s: %d CSI snapshots completed, want 1", backup, st.CSIVolumeSnapshotsCompleted)
+	}
+	var content, h string
+	waitUntil(t, "Velero to delete the backup's VolumeSnapshotContent", time.Minute, func() bool {
+		seen.mu.Lock()
+		defer seen.mu.Unlock()
+		for name, c := range seen.ofBackupLocked(backup) {
+			if _, gone := seen.deleted[name]; gone && c.Status != nil && c.Status.SnapshotHandle != nil {
+				content, h = name, *c.Status.SnapshotHandle
+				return true
+			}
+		}
+		return false
+	})
+	if b := backupsOf(t, bucket, h); len(b) != 0 {
+		t.Fatalf("snapshot %s exported with no agent running: %v", h, b)
+	}
+
+	// The agent starts after the backup and catches up from Velero's record.
+	conf := agentConfig(t, bucket, fmt.Sprintf("  includeNamespaces: [%q]\n  veleroInterval: 3s\n", p.ns))
+	a := startAgent(t, w, kc, conf, "replica-catchup")
+	var ids []string
+	waitFor(t, "the agent to export the snapshot Velero's backup names", 3*time.Minute, func() bool {
+		ids = backupsOf(t, bucket, h)
+		return len(ids) > 0
+	}, a)
+	r := runLifeboat(t, "backups", "list", "-o", "json", "--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket)
+	var list []struct {
+		ID     string
+		Source map[string]string
+	}
+	mustJSON(t, r.stdout, &list)
+	for _, b := range list {
+		src := b.Source
+		if b.ID == ids[0] && (src["pvc"] != p.ns+"/db" || src["veleroBackup"] != backup || src["volumeSnapshotContent"] != content) {
+			t.Errorf("backup %s records %v; want PVC %s/db, Velero backup %s, content %s", b.ID, src, p.ns, backup, content)
+		}
+	}
+	mf, err := a.scrape()
+	if err != nil || value(mf, "lifeboat_velero_caught_up_total") != 1 {
+		t.Errorf("lifeboat_velero_caught_up_total %v (%v), want 1", value(mf, "lifeboat_velero_caught_up_total"), err)
+	}
+
+	// It restores bit-exactly.
+	target := "catchup-" + p.ns
+	t.Cleanup(func() { _, _ = exec.Command("rbd", "-c", env.Get("CEPH_CONF"), "rm", realPool+"/"+target).CombinedOutput() })
+	res := runLifeboat(t, "restore", ids[0], "--to", realPool+"/"+target, "--ceph-conf", env.Get("CEPH_CONF"),
+		"--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket)
+	if res.code != 0 {
+		t.Fatalf("restore %s: %s", ids[0], res.stderr)
+	}
+	if got := p.imageSHA256(target, ""); got != want {
+		t.Errorf("backup %s restores to sha256 %s, the volume had %s", ids[0], got, want)
+	}
+
+	// A restarted agent reads Velero's backups again and exports nothing.
+	_ = a.cmd.Process.Signal(syscall.SIGTERM) // a clean exit frees the Lease at once
+	select {
+	case err := <-a.done:
+		a.done <- err
+	case <-time.After(15 * time.Second):
+		t.Fatal("agent did not stop within 15s of SIGTERM")
+	}
+	b := startAgent(t, w, kc, conf, "replica-catchup-2")
+	waitFor(t, "the restarted agent to read Velero's backups", 2*time.Minute, func() bool {
+		return strings.Contains(b.log(), "read Velero's backups")
+	}, b)
+	time.Sleep(4 * time.Second) // one more round
+	if got := backupsOf(t, bucket, h); len(got) != 1 {
+		t.Errorf("after a restart, snapshot %s has backups %v, want only %v", h, got, ids)
+	}
+	if mf, err := b.scrape(); err != nil || value(mf, "lifeboat_velero_caught_up_total") != 0 {
+		t.Errorf("restarted agent: lifeboat_velero_caught_up_total %v (%v), want 0", value(mf, "lifeboat_velero_caught_up_total"), err)
+	}
 }

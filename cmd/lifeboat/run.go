@@ -198,10 +198,6 @@ func (r *runFlags) run(ctx context.Context, g *globals, rf *repoFlags) error {
 			return err
 		}
 	}
-	repo, err := rf.open(ctx, nil)
-	if err != nil {
-		return err
-	}
 	sel, _ := labels.Parse(r.selector)
 	m := controller.NewMetrics()
 	var ready atomic.Bool
@@ -210,6 +206,10 @@ func (r *runFlags) run(ctx context.Context, g *globals, rf *repoFlags) error {
 		return err
 	}
 	defer srv.Close()
+	repo, err := openWaiting(ctx, rf, m)
+	if err != nil {
+		return err
+	}
 	cfg := controller.Config{Workers: r.workers, Export: r.export, Selector: sel, IncludeNamespaces: r.include,
 		ExcludeNamespaces: r.exclude, VerifyInterval: r.verifyInterval, Parallel: rf.parallel, DriverSuffix: g.driver,
 		Retention: r.retention, VeleroNamespace: r.veleroNS, VeleroLookback: r.veleroLookback, VeleroInterval: r.veleroInterval}
@@ -220,6 +220,29 @@ func (r *runFlags) run(ctx context.Context, g *globals, rf *repoFlags) error {
 		"export", r.export, "retention", r.retention != nil, "selector", r.selector, "lease", r.leaseNamespace+"/"+r.leaseName, "identity", r.identity,
 		"cephConnections", rbd.ConnectionsOpened())
 	return controller.RunLeading(ctx, b.Kube, r.leaseNamespace, r.leaseName, r.identity, m, ctrl.Run)
+}
+
+// openWaiting opens the repository, waiting out an S3 outage at start (a
+// pod restarted into one would otherwise crash-loop): the endpoint
+// unreachable or answering 5xx is retried with backoff up to a minute,
+// lifeboat_objectstore_up 0 and /readyz failing meanwhile; anything else
+// (no bucket, no repository, a wrong key or credentials) is an error now.
+func openWaiting(ctx context.Context, rf *repoFlags, m *controller.Metrics) (*objectstore.Repository, error) {
+	wait := 2 * time.Second
+	for {
+		repo, err := rf.open(ctx, nil)
+		if err == nil || !(errors.Is(err, objectstore.ErrUnreachable) || errors.Is(err, objectstore.ErrUnavailable)) {
+			return repo, err
+		}
+		m.ObjectstoreUp.Set(0)
+		slog.Warn("S3 is down: waiting for it to open the repository", "retryIn", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Minute)
+	}
 }
 
 func serveMetrics(addr string, m *controller.Metrics, ready *atomic.Bool) (*http.Server, error) {

@@ -4,7 +4,9 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -129,6 +131,51 @@ func TestAgentRidesThroughS3Outage(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("no ObjectStoreUnavailable Event naming %s on a pending snapshot", m.addr)
+	}
+}
+
+// TestAgentStartsDuringS3Outage: an agent (re)started while S3 is down
+// waits for it instead of exiting (a pod would crash-loop): it stays up,
+// /readyz fails and lifeboat_objectstore_up is 0; once S3 is back it opens
+// the repository and exports. A wrong bucket is still an error at once.
+func TestAgentStartsDuringS3Outage(t *testing.T) {
+	w := newWorld(t)
+	kc := saKubeconfig(t, w)
+	m := startMinIO(t)
+	m.initRepo("agent")
+	config := filepath.Join(t.TempDir(), "config.yaml")
+	writeFile(t, config, fmt.Sprintf("s3: {endpoint: %q, bucket: agent}\nagent:\n  workers: 2\n  verifyInterval: 2s\n", m.endpoint()))
+	snap := w.snapshot(w.volume("app", 16*MiB), "nightly")
+
+	m.kill()
+	a := startAgentOn(t, w, m, kc, config, "start-in-outage")
+	waitFor(t, "lifeboat_objectstore_up 0 while S3 is down", 30*time.Second, func() bool {
+		mf, err := a.scrape()
+		return err == nil && value(mf, "lifeboat_objectstore_up") == 0
+	}, a)
+	time.Sleep(10 * time.Second)
+	if a.exited.Load() {
+		t.Fatalf("the agent exited while S3 was down:\n%s", a.log())
+	}
+	if resp, err := http.Get("http://" + a.metrics + "/readyz"); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("/readyz while S3 is down: %v %v, want 503", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	m.start()
+	waitFor(t, "the snapshot to be exported once S3 is back", 2*time.Minute, func() bool {
+		return w.annotations(snap.ContentName)["lifeboat.io/phase"] == "Exported"
+	}, a)
+
+	// A bucket that does not exist is a configuration error: exit 2 now.
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	writeFile(t, bad, fmt.Sprintf("s3: {endpoint: %q, bucket: no-such-bucket}\n", m.endpoint()))
+	cmd := exec.Command(lifeboat, "run", "--config", bad, "--kubeconfig", kc, "--driver-suffix", w.driver, "--metrics-address", freePort(t))
+	cmd.Env = append(os.Environ(), m.env()...)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "no-such-bucket") {
+		t.Errorf("run with a missing bucket: %v, want exit 2 naming it:\n%s", err, out)
 	}
 }
 

@@ -258,6 +258,22 @@ func (r *Repository) backupIDs(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
+// liveBackupIDs is backupIDs without the backups marked forgotten (see
+// ForgetBackup): forgotten is forgotten, even while S3 Object Lock or
+// delete-less credentials keep the manifest until a prune can delete it.
+// Listing, retention, the agent and incremental parents never see them.
+func (r *Repository) liveBackupIDs(ctx context.Context) ([]string, error) {
+	ids, err := r.backupIDs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	marked, err := r.names(ctx, marksPrefix)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(ids, func(id string) bool { return marked[markName(id)] }), nil
+}
+
 // Damaged names a backup that cannot be read as it was written: its
 // manifest fails authentication or decoding, or an object it lists is
 // missing. One such backup never hides the others.
@@ -291,7 +307,7 @@ type Catalog struct {
 // GiB of a backup's data) and counts a backup that lists a missing one as
 // damaged. An error means the repository could not be read at all.
 func (r *Repository) Backups(ctx context.Context, pages bool) (Catalog, error) {
-	ids, err := r.backupIDs(ctx)
+	ids, err := r.liveBackupIDs(ctx)
 	if err != nil {
 		return Catalog{}, err
 	}

@@ -156,6 +156,9 @@ func TestForgetAndPruneSkipLocked(t *testing.T) {
 	if err != nil || !f.Marked || f.Until.Before(*m.LockedUntil) {
 		t.Fatalf("forget of a locked backup: %+v, %v", f, err)
 	}
+	if cat, err := r.Backups(ctx, true); err != nil || len(cat.Backups) != 1 || cat.Backups[0].ID != keep.ID {
+		t.Fatalf("backups after forgetting a locked one: %+v, %v; want only %s (forgotten is forgotten)", cat, err, keep.ID)
+	}
 	st, err := r.Prune(ctx, PruneOptions{})
 	if err != nil || len(st.BackupsLocked) != 1 || st.BackupsLocked[0].ID != m.ID || st.ChunksDeleted != 0 {
 		t.Fatalf("prune while locked: %+v, %v", st, err)
@@ -201,6 +204,9 @@ func TestNoDeleteCredentials(t *testing.T) {
 	f, err := r.ForgetBackup(ctx, m1.ID, false)
 	if err != nil || !f.Marked || !strings.Contains(f.Reason, "may not delete") {
 		t.Fatalf("forget without delete permission: %+v, %v", f, err)
+	}
+	if cat, err := r.Backups(ctx, false); err != nil || len(cat.Backups) != 1 || cat.Backups[0].ID != m2.ID {
+		t.Fatalf("backups after a marked forget: %+v, %v; want only %s", cat, err, m2.ID)
 	}
 	if _, err := r.Prune(ctx, PruneOptions{}); !errors.Is(err, ErrCredentials) {
 		t.Errorf("prune without delete permission: %v", err)

@@ -210,10 +210,17 @@ func (w *world) leader(a *agent) bool {
 	return err == nil && value(mf, "lifeboat_leader") == 1
 }
 
-// backupsOf lists the repository's backups of a snapshot handle.
+// backupsOf lists the backups of a snapshot handle in the stack's bucket.
 func backupsOf(t *testing.T, bucket, h string) []string {
 	t.Helper()
-	r := runLifeboat(t, "backups", "list", "-o", "json", "--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket)
+	return backupsIn(t, []string{"--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket}, h)
+}
+
+// backupsIn lists the backups of a snapshot handle in the repository the
+// flags name.
+func backupsIn(t *testing.T, repo []string, h string) []string {
+	t.Helper()
+	r := runLifeboat(t, append([]string{"backups", "list", "-o", "json"}, repo...)...)
 	if r.code != 0 {
 		t.Fatalf("backups list: %s", r.stderr)
 	}

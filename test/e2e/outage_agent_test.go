@@ -42,6 +42,19 @@ func startAgentOn(t *testing.T, w *world, m *ownMinIO, kubeconfig, config, ident
 	return a
 }
 
+// outageSetup is a world, the deployed ServiceAccount's kubeconfig, a MinIO
+// of the test's own with a repository in bucket "agent", and an agent
+// config on it.
+func outageSetup(t *testing.T) (w *world, kc string, m *ownMinIO, config string) {
+	w = newWorld(t)
+	kc = saKubeconfig(t, w)
+	m = startMinIO(t)
+	m.initRepo("agent")
+	config = filepath.Join(t.TempDir(), "config.yaml")
+	writeFile(t, config, fmt.Sprintf("s3: {endpoint: %q, bucket: agent}\nagent:\n  workers: 2\n  verifyInterval: 2s\n", m.endpoint()))
+	return w, kc, m, config
+}
+
 // agentOutage is how long S3 stays down under the agent.
 const agentOutage = 2 * time.Minute
 
@@ -50,12 +63,7 @@ const agentOutage = 2 * time.Minute
 // lifeboat_objectstore_up is 0 while it is down and an Event says so; once
 // it is back every pending snapshot is exported, each exactly once.
 func TestAgentRidesThroughS3Outage(t *testing.T) {
-	w := newWorld(t)
-	kc := saKubeconfig(t, w)
-	m := startMinIO(t)
-	m.initRepo("agent")
-	config := filepath.Join(t.TempDir(), "config.yaml")
-	writeFile(t, config, fmt.Sprintf("s3: {endpoint: %q, bucket: agent}\nagent:\n  workers: 2\n  verifyInterval: 2s\n", m.endpoint()))
+	w, kc, m, config := outageSetup(t)
 	a := startAgentOn(t, w, m, kc, config, "outage")
 	phase := func(s *sim.Snapshot) string { return w.annotations(s.ContentName)["lifeboat.io/phase"] }
 	metric := func(name string) float64 {
@@ -139,12 +147,7 @@ func TestAgentRidesThroughS3Outage(t *testing.T) {
 // /readyz fails and lifeboat_objectstore_up is 0; once S3 is back it opens
 // the repository and exports. A wrong bucket is still an error at once.
 func TestAgentStartsDuringS3Outage(t *testing.T) {
-	w := newWorld(t)
-	kc := saKubeconfig(t, w)
-	m := startMinIO(t)
-	m.initRepo("agent")
-	config := filepath.Join(t.TempDir(), "config.yaml")
-	writeFile(t, config, fmt.Sprintf("s3: {endpoint: %q, bucket: agent}\nagent:\n  workers: 2\n  verifyInterval: 2s\n", m.endpoint()))
+	w, kc, m, config := outageSetup(t)
 	snap := w.snapshot(w.volume("app", 16*MiB), "nightly")
 
 	m.kill()

@@ -96,7 +96,7 @@ func TestPod(t *testing.T) {
 	}
 	var id string
 	waitFor(t, "the pod to export "+h, 3*time.Minute, func() bool {
-		b := podBackupsOf(t, repo, h)
+		b := backupsIn(t, repo, h)
 		if len(b) > 1 {
 			t.Fatalf("snapshot %s exported %d times: %v", h, len(b), b)
 		}
@@ -173,28 +173,6 @@ func podCheckAnnotated(t *testing.T, seen *vscSeen, name, id string) {
 	default:
 		t.Errorf("VolumeSnapshotContent %s: last lifeboat.io/phase %q, want Exporting or Exported (annotations %v)", name, phase, last)
 	}
-}
-
-// podBackupsOf lists the backups of snapshot handle h in the test's
-// (encrypted) repository.
-func podBackupsOf(t *testing.T, repo []string, h string) []string {
-	t.Helper()
-	r := runLifeboat(t, append([]string{"backups", "list", "-o", "json"}, repo...)...)
-	if r.code != 0 {
-		t.Fatalf("backups list: %s", r.stderr)
-	}
-	var list []struct {
-		ID     string
-		Source map[string]string
-	}
-	mustJSON(t, r.stdout, &list)
-	var ids []string
-	for _, b := range list {
-		if b.Source["snapshotHandle"] == h {
-			ids = append(ids, b.ID)
-		}
-	}
-	return ids
 }
 
 // podRestoreAndCompare restores backup id into the scratch world's RADOS

@@ -342,7 +342,9 @@ func TestVeleroCatchUp(t *testing.T) {
 
 	// It restores bit-exactly.
 	target := "catchup-" + p.ns
-	t.Cleanup(func() { _, _ = exec.Command("rbd", "-c", env.Get("CEPH_CONF"), "rm", realPool+"/"+target).CombinedOutput() })
+	t.Cleanup(func() {
+		_, _ = exec.Command("rbd", "-c", env.Get("CEPH_CONF"), "rm", realPool+"/"+target).CombinedOutput()
+	})
 	res := runLifeboat(t, "restore", ids[0], "--to", realPool+"/"+target, "--ceph-conf", env.Get("CEPH_CONF"),
 		"--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket)
 	if res.code != 0 {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sort"
 
+	snapv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -90,73 +92,76 @@ func (s *Sim) CleanupNamespace(ctx context.Context, namespace string) error {
 // PurgeObjects deletes, whatever state they are in, the Kubernetes objects
 // a test may leave in namespace or on this Sim's driver: VolumeSnapshots,
 // VolumeSnapshotContents (switched to Retain first: nothing reaches Ceph),
-// PVCs and PVs. It deletes first and strips the finalizers after, because
-// once an object is being deleted no controller may add one back: the
-// stack's real snapshot-controller and kube-controller-manager keep them
-// on otherwise, and every object left behind is one they retry forever.
-// Ceph is not touched: the caller removes its images.
+// PVCs and PVs (Retain too). Ceph is not touched: the caller removes its
+// images.
 func (s *Sim) PurgeObjects(ctx context.Context, namespace string) error {
 	var errs []error
-	add := func(what string, err error) {
-		if err != nil && !apierrors.IsNotFound(err) {
-			errs = append(errs, fmt.Errorf("%s: %w", what, err))
-		}
-	}
-	unfinalize := []byte(`{"metadata":{"finalizers":null}}`)
 	retain := []byte(`{"spec":{"deletionPolicy":"Retain"}}`)
-	opts := metav1.DeleteOptions{}
-
+	pvRetain := []byte(`{"spec":{"persistentVolumeReclaimPolicy":"Retain"}}`)
 	vss := s.Snap.SnapshotV1().VolumeSnapshots(namespace)
 	if l, err := vss.List(ctx, metav1.ListOptions{}); err == nil {
 		for _, o := range l.Items {
-			add("volumesnapshot "+namespace+"/"+o.Name, vss.Delete(ctx, o.Name, opts))
-			_, err := vss.Patch(ctx, o.Name, types.MergePatchType, unfinalize, metav1.PatchOptions{})
-			add("volumesnapshot "+namespace+"/"+o.Name, err)
+			errs = append(errs, purge[*snapv1.VolumeSnapshot](ctx, vss, "volumesnapshot "+namespace+"/", o.Name, nil))
 		}
 	} else {
-		add("listing volumesnapshots", err)
+		errs = append(errs, err)
 	}
 	vscs := s.Snap.SnapshotV1().VolumeSnapshotContents()
 	if l, err := vscs.List(ctx, metav1.ListOptions{}); err == nil {
 		for _, o := range l.Items {
-			if o.Spec.Driver != s.opts.Driver && o.Spec.VolumeSnapshotRef.Namespace != namespace {
-				continue
+			if o.Spec.Driver == s.opts.Driver || o.Spec.VolumeSnapshotRef.Namespace == namespace {
+				errs = append(errs, purge[*snapv1.VolumeSnapshotContent](ctx, vscs, "volumesnapshotcontent ", o.Name, retain))
 			}
-			_, err := vscs.Patch(ctx, o.Name, types.MergePatchType, retain, metav1.PatchOptions{})
-			add("volumesnapshotcontent "+o.Name, err)
-			add("volumesnapshotcontent "+o.Name, vscs.Delete(ctx, o.Name, opts))
-			_, err = vscs.Patch(ctx, o.Name, types.MergePatchType, unfinalize, metav1.PatchOptions{})
-			add("volumesnapshotcontent "+o.Name, err)
 		}
 	} else {
-		add("listing volumesnapshotcontents", err)
+		errs = append(errs, err)
 	}
 	pvcs := s.Kube.CoreV1().PersistentVolumeClaims(namespace)
 	if l, err := pvcs.List(ctx, metav1.ListOptions{}); err == nil {
 		for _, o := range l.Items {
-			add("pvc "+namespace+"/"+o.Name, pvcs.Delete(ctx, o.Name, opts))
-			_, err := pvcs.Patch(ctx, o.Name, types.MergePatchType, unfinalize, metav1.PatchOptions{})
-			add("pvc "+namespace+"/"+o.Name, err)
+			errs = append(errs, purge[*corev1.PersistentVolumeClaim](ctx, pvcs, "pvc "+namespace+"/", o.Name, nil))
 		}
 	} else {
-		add("listing pvcs", err)
+		errs = append(errs, err)
 	}
 	pvs := s.Kube.CoreV1().PersistentVolumes()
 	if l, err := pvs.List(ctx, metav1.ListOptions{}); err == nil {
 		for _, o := range l.Items {
 			ours := o.Spec.CSI != nil && o.Spec.CSI.Driver == s.opts.Driver
-			if !ours && (o.Spec.ClaimRef == nil || o.Spec.ClaimRef.Namespace != namespace) {
-				continue
+			if ours || (o.Spec.ClaimRef != nil && o.Spec.ClaimRef.Namespace == namespace) {
+				errs = append(errs, purge[*corev1.PersistentVolume](ctx, pvs, "pv ", o.Name, pvRetain))
 			}
-			// Retain: the caller removes the images, no provisioner must.
-			_, err := pvs.Patch(ctx, o.Name, types.MergePatchType, []byte(`{"spec":{"persistentVolumeReclaimPolicy":"Retain"}}`), metav1.PatchOptions{})
-			add("pv "+o.Name, err)
-			add("pv "+o.Name, pvs.Delete(ctx, o.Name, opts))
-			_, err = pvs.Patch(ctx, o.Name, types.MergePatchType, unfinalize, metav1.PatchOptions{})
-			add("pv "+o.Name, err)
 		}
 	} else {
-		add("listing pvs", err)
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// purgeable is what purge needs of a typed client.
+type purgeable[T any] interface {
+	Delete(ctx context.Context, name string, opts metav1.DeleteOptions) error
+	Patch(ctx context.Context, name string, pt types.PatchType, data []byte, opts metav1.PatchOptions, subresources ...string) (T, error)
+}
+
+// purge merge-patches pre (if any), deletes, and then strips the
+// finalizers: once an object is being deleted no controller may add one
+// back, while stripped first the stack's real snapshot-controller and
+// kube-controller-manager put theirs back, and every object left behind is
+// one they retry for ever. Missing is success.
+func purge[T any](ctx context.Context, c purgeable[T], kind, name string, pre []byte) error {
+	var err error
+	if pre != nil {
+		_, err = c.Patch(ctx, name, types.MergePatchType, pre, metav1.PatchOptions{})
+	}
+	if err == nil {
+		err = c.Delete(ctx, name, metav1.DeleteOptions{})
+	}
+	if err == nil {
+		_, err = c.Patch(ctx, name, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
+	}
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("%s%s: %w", kind, name, err)
+	}
+	return nil
 }

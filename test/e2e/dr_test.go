@@ -665,17 +665,7 @@ func disasterRecovery(t *testing.T, samePoolID bool) {
 	if st := p.veleroBackup(backup); st.CSIVolumeSnapshotsCompleted != 2 {
 		t.Fatalf("velero backup %s: %d CSI snapshots completed, want 2", backup, st.CSIVolumeSnapshotsCompleted)
 	}
-	handles := map[string]string{}
-	for _, c := range seen.ofBackup(backup) {
-		for pvc, v := range vols {
-			if c.Spec.Source.VolumeHandle != nil && *c.Spec.Source.VolumeHandle == v.Handle && c.Status != nil && c.Status.SnapshotHandle != nil {
-				handles[pvc] = *c.Status.SnapshotHandle
-			}
-		}
-	}
-	if len(handles) != 2 {
-		t.Fatalf("the backup's snapshots: %v", handles)
-	}
+	handles := seen.handlesOf(t, backup, vols)
 	ids := map[string]string{}
 	waitFor(t, "the agent to export both snapshots", 3*time.Minute, func() bool {
 		for pvc, h := range handles {
@@ -702,13 +692,7 @@ func disasterRecovery(t *testing.T, samePoolID bool) {
 		if st := veleroGet(t, "backups", backup2); st.Phase != "Completed" || st.CSIVolumeSnapshotsCompleted != 3 {
 			t.Fatalf("velero backup %s: %+v", backup2, st)
 		}
-		for _, c := range seen.ofBackup(backup2) {
-			for pvc, v := range vols {
-				if c.Spec.Source.VolumeHandle != nil && *c.Spec.Source.VolumeHandle == v.Handle && c.Status != nil && c.Status.SnapshotHandle != nil {
-					handles2[pvc] = *c.Status.SnapshotHandle
-				}
-			}
-		}
+		handles2 = seen.handlesOf(t, backup2, vols)
 		waitFor(t, "the agent to export backup 2's two snapshots", 3*time.Minute, func() bool {
 			n := 0
 			for _, h := range handles2 {

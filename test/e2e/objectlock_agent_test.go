@@ -56,10 +56,14 @@ func TestObjectLockAgent(t *testing.T) {
 	waitFor(t, "the first snapshot to be marked Forgotten", 30*time.Second, func() bool { return phase(first) == "Forgotten" }, a)
 	id1, id2 := w.annotations(first.ContentName)["lifeboat.io/backup-id"], w.annotations(second.ContentName)["lifeboat.io/backup-id"]
 
-	// Each snapshot exported once; the forgotten backup only marked.
-	checkAgentBackups(t, b, map[string]string{id1: first.Handle, id2: second.Handle})
+	// Each snapshot exported once; the forgotten backup only marked: no
+	// longer listed, its manifest kept by the lock.
+	checkAgentBackups(t, b, map[string]string{id2: second.Handle})
 	if marks := b.objects("forgotten/"); len(marks) != 1 || marks["forgotten/"+id1] == 0 {
 		t.Fatalf("forget marks %v, want forgotten/%s only", marks, id1)
+	}
+	if b.objects("backups/")["backups/"+id1] == 0 {
+		t.Fatalf("the locked backup %s's manifest is gone before its date", id1)
 	}
 	m1, m2 := load(t, repo, id1), load(t, repo, id2)
 	checkLockedS3(t, b, repo, m1)

@@ -141,8 +141,13 @@ func TestObjectLock(t *testing.T) {
 	if len(p.BackupsLocked) != 1 || p.BackupsLocked[0].ID != e1.ID || p.ChunksDeleted != 0 || p.Backups != 2 {
 		t.Fatalf("prune while the backup is locked: %+v", p)
 	}
-	if n := len(listBackups(t, b)); n != 2 {
-		t.Fatalf("%d backups, want the locked one still there", n)
+	// Forgotten is forgotten: no longer listed, though S3 keeps its
+	// manifest until its date.
+	if got := listBackups(t, b); len(got) != 1 || got[0].ID != e2.ID {
+		t.Fatalf("backups after forgetting a locked one: %+v, want only %s", got, e2.ID)
+	}
+	if b.objects("backups/")["backups/"+e1.ID] == 0 {
+		t.Fatalf("the locked backup %s's manifest is gone before its date", e1.ID)
 	}
 
 	time.Sleep(time.Until(m1.LockedUntil.Add(time.Second)))

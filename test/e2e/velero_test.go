@@ -72,6 +72,26 @@ func (s *vscSeen) ofBackup(b string) map[string]*snapv1.VolumeSnapshotContent {
 	return s.ofBackupLocked(b)
 }
 
+// handlesOf waits for the watch to have seen, for every PVC of vols, the
+// content Velero backup b made of it with its snapshot handle (the watch
+// may trail `velero backup create --wait`), and returns the handles by the
+// keys of vols.
+func (s *vscSeen) handlesOf(t testing.TB, b string, vols map[string]*realPVC) map[string]string {
+	t.Helper()
+	handles := map[string]string{}
+	waitUntil(t, fmt.Sprintf("the watch to see backup %s's snapshots of %d PVCs", b, len(vols)), 30*time.Second, func() bool {
+		for _, c := range s.ofBackup(b) {
+			for key, v := range vols {
+				if c.Spec.Source.VolumeHandle != nil && *c.Spec.Source.VolumeHandle == v.Handle && c.Status != nil && c.Status.SnapshotHandle != nil {
+					handles[key] = *c.Status.SnapshotHandle
+				}
+			}
+		}
+		return len(handles) == len(vols)
+	})
+	return handles
+}
+
 func (s *vscSeen) ofBackupLocked(b string) map[string]*snapv1.VolumeSnapshotContent {
 	out := map[string]*snapv1.VolumeSnapshotContent{}
 	for n, c := range s.last {
@@ -105,22 +125,14 @@ func TestVeleroBackupRestore(t *testing.T) {
 		t.Fatalf("backup %s: CSI snapshots %d attempted, %d completed; want 2 and 2", backup, st.CSIVolumeSnapshotsAttempted, st.CSIVolumeSnapshotsCompleted)
 	}
 	t.Logf("velero backup Completed after %s", time.Since(start).Round(time.Millisecond))
-	handles := map[string]string{} // PVC name → snapshot handle
+	handles := seen.handlesOf(t, backup, map[string]*realPVC{"db": db, "logs": logs}) // PVC name → snapshot handle
 	for name, c := range seen.ofBackup(backup) {
 		if c.Spec.Driver != realDriver || c.Spec.Source.VolumeHandle == nil || c.Status == nil || c.Status.SnapshotHandle == nil {
 			t.Fatalf("VolumeSnapshotContent %s of the backup: driver %s, source %+v, status %+v", name, c.Spec.Driver, c.Spec.Source, c.Status)
 		}
-		for pvc, v := range map[string]*realPVC{"db": db, "logs": logs} {
-			if *c.Spec.Source.VolumeHandle == v.Handle {
-				handles[pvc] = *c.Status.SnapshotHandle
-			}
-		}
 		if c.Spec.VolumeSnapshotClassName == nil || *c.Spec.VolumeSnapshotClassName != realSnapshotClass {
 			t.Errorf("VolumeSnapshotContent %s: class %v, want %s", name, c.Spec.VolumeSnapshotClassName, realSnapshotClass)
 		}
-	}
-	if len(handles) != 2 {
-		t.Fatalf("the backup's VolumeSnapshotContents cover %v, want db and logs", handles)
 	}
 	// Velero 1.18 deletes the VolumeSnapshots and contents it made when the
 	// backup finalizes (Retain keeps the RBD snapshots): an agent watching

@@ -59,12 +59,19 @@ const (
 	headerZstd byte = 1
 )
 
-// chunkLevel is zstd's own default level, through libzstd (cgo). On the
-// benchmark volume's 1280 chunks it stores 941 MiB in 2.4 s of one core,
-// where klauspost/compress at its fastest level stored 948 MiB in 2.7 s,
-// and it decodes text at about twice klauspost's speed. Level 2 is
-// faster still but stores slightly more than restic does.
-const chunkLevel = 3
+// chunkLevel is 2, through libzstd (cgo). Compression is the largest
+// CPU cost of a full export (about 40% of lifeboat's CPU at level 3, on an
+// AMD EPYC). On the benchmark's text, 1 MiB chunks, one core (2026-12-07,
+// EPYC), level 2 costs 17-20% less CPU than level 3 (0.43-0.49 s against
+// 0.53-0.59 s per 128 MiB) and stores 0.9% more of the text, 0.2% more of
+// the benchmark volume: still within restic's stored bytes + 2%. Level 1
+// was 40% cheaper but stored 2.5% more than level 3. klauspost/compress
+// at its fastest level stored more and cost more CPU than level 3 here,
+// and decodes text at about half libzstd's speed. Random data costs
+// little at any level (libzstd skips ahead when it finds no matches:
+// 35 ms per 192 MiB), so a "does it pay" probe saves nothing.
+// The level is not part of the format: any level's frame decodes.
+const chunkLevel = 2
 
 // zctxs holds GOMAXPROCS libzstd contexts (nil until first used). A
 // context serves one (de)compression at a time; taking one blocks while

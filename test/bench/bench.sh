@@ -32,6 +32,12 @@
 #                            BENCH_CEPH_V1_PORT, clusterID lifeboat-$BENCH_NS in Rook's
 #                            ConfigMap), so other tests' data can't fill its OSD and
 #                            it can't fill theirs; shared: the stack's own cluster
+#   BENCH_OSD_TCMALLOC=1     with BENCH_CEPH=own: start the dedicated cluster's daemons
+#                            with tcmalloc (LD_PRELOAD) when they are not linked with it
+#                            (Debian 12's Pacific; upstream's packages and containers, and
+#                            the Reef chroot's, are). With glibc malloc the OSD faults in
+#                            fresh pages for every message: ~2x its CPU per restore
+#                            (see osd_preload); 0 keeps the daemons as packaged
 #   BENCH_KEEP=0             1 keeps the volume, snapshots and buckets at the end
 #   LIFEBOAT, LBSIM          binaries (default bin/lifeboat, bin/lbsim)
 set -euo pipefail
@@ -53,6 +59,7 @@ BENCH_CEPH=${BENCH_CEPH:-own}
 BENCH_CEPH_V2_PORT=${BENCH_CEPH_V2_PORT:-13320}
 BENCH_CEPH_V1_PORT=${BENCH_CEPH_V1_PORT:-16809}
 BENCH_CLUSTER_ID=lifeboat-$BENCH_NS
+BENCH_OSD_TCMALLOC=${BENCH_OSD_TCMALLOC:-1}
 BENCH_KEEP=${BENCH_KEEP:-0}
 LIFEBOAT=${LIFEBOAT:-$REPO/bin/lifeboat}
 LBSIM=${LBSIM:-$REPO/bin/lbsim}
@@ -318,8 +325,9 @@ setup_ceph() {
     return 0
   fi
   [[ $BENCH_CEPH == own ]] || die "BENCH_CEPH=$BENCH_CEPH: want own or shared"
-  log "ceph: dedicated cluster in $CEPH_DIR (ports $BENCH_CEPH_V2_PORT, $BENCH_CEPH_V1_PORT)"
-  "$REPO/test/stack/ceph-cluster.sh" start "$CEPH_DIR" "$BENCH_CEPH_V2_PORT" "$BENCH_CEPH_V1_PORT" >"$LOG_DIR/ceph-cluster.log" 2>&1 6>&- 7>&- ||
+  local preload; preload=$(osd_preload)
+  log "ceph: dedicated cluster in $CEPH_DIR (ports $BENCH_CEPH_V2_PORT, $BENCH_CEPH_V1_PORT)${preload:+, daemons with LD_PRELOAD=$preload}"
+  LD_PRELOAD=$preload "$REPO/test/stack/ceph-cluster.sh" start "$CEPH_DIR" "$BENCH_CEPH_V2_PORT" "$BENCH_CEPH_V1_PORT" >"$LOG_DIR/ceph-cluster.log" 2>&1 6>&- 7>&- ||
     { tail -n 20 "$LOG_DIR/ceph-cluster.log" >&2; die "starting the dedicated Ceph cluster failed"; }
   local conf=$CEPH_DIR/ceph.conf user=${CEPH_CSI_USER:-csi-rbd-provisioner} keyring=$CEPH_DIR/bench-csi.keyring
   ceph-authtool --create-keyring "$keyring" -n "client.$user" --add-key "$CEPH_CSI_KEY" >/dev/null
@@ -336,6 +344,23 @@ setup_ceph() {
   } >"$SIM_ENV"
   export CEPH_CONF=$conf
   SIM=("$LBSIM" -env "$SIM_ENV" -pool "$BENCH_POOL" -cluster-id "$BENCH_CLUSTER_ID")
+}
+
+# osd_preload: the tcmalloc to preload into the dedicated cluster's daemons, or
+# nothing (BENCH_OSD_TCMALLOC=0, ceph-osd already linked with it, or no tcmalloc;
+# ceph-common depends on libgoogle-perftools4, so Debian has it). Measured
+# 2026-12-07 (AMD EPYC, 2 cores): Debian 12's ceph-osd 16.2.15 uses glibc malloc
+# and spends half its CPU clearing freshly mapped pages for incoming writes
+# (perf: clear_page_erms under _copy_to_iter); a 1280 MiB restore cost it
+# 1.1-1.7 CPU-s, with tcmalloc 0.44-0.50, as Reef's OSD (linked with it).
+osd_preload() {
+  [[ $BENCH_OSD_TCMALLOC == 1 ]] || return 0
+  local osd lib
+  osd=$(command -v ceph-osd) || return 0
+  ldd "$osd" 2>/dev/null | grep -q tcmalloc && return 0
+  lib=$(ldconfig -p 2>/dev/null | awk '$1 == "libtcmalloc.so.4" {print $NF; exit}')
+  [[ -n $lib ]] && echo "$lib"
+  return 0
 }
 
 # forget_cluster: drop our clusterID from Rook's ConfigMap again
@@ -493,8 +518,8 @@ report() {
   {
     echo "# lifeboat side-by-side benchmark"
     echo
-    echo "$(date -u +'%Y-%m-%d %H:%M UTC'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM;" \
-      "Ceph $cephver ($([[ $BENCH_CEPH == own ]] && echo "a dedicated one-node cluster" || echo "the stack's cluster"), one memstore OSD), MinIO on 127.0.0.1, everything on this machine;" \
+    echo "$(date -u +'%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM;" \
+      "Ceph $cephver ($([[ $BENCH_CEPH == own ]] && echo "a dedicated one-node cluster" || echo "the stack's cluster"), one memstore OSD$([[ $BENCH_CEPH == own && -n $(osd_preload) ]] && echo ", daemons with tcmalloc preloaded")), MinIO on 127.0.0.1, everything on this machine;" \
       "1-minute load average ${R[load.start]} at the start, ${R[load.end]} at the end (other work on the machine distorts the times)."
     echo "lifeboat: ${lbver:-?}, ${lbchunk:-?} chunks$([[ $BENCH_ENCRYPT == 1 ]] && echo ", encrypted (AES-GCM)" || echo ", not encrypted")$([[ -n $BENCH_LB_PARALLEL ]] && echo ", --parallel $BENCH_LB_PARALLEL");" \
       "kopia ${LB_KOPIA_VERSION:-} and restic ${LB_RESTIC_VERSION:-} with default settings (both encrypt; restic compresses, kopia does not by default)."

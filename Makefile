@@ -112,8 +112,8 @@ bench: stack-up build
 # Ceph Reef flavour (test/stack/reef.sh): a cached Debian trixie chroot with Ceph
 # 18.2.x, a one-node Reef cluster started in it (127.0.0.1:13340/16829), and the
 # host stack's kube-apiserver and MinIO. Env: $(LIFEBOAT_REEF_STACK_DIR)/env.
-# The suites run inside the chroot, built against Reef's librbd. Not part of
-# `make test`.
+# The suites run inside the chroot, built against Reef's librbd. Part of
+# `make test`, after test-pacific and test-node.
 # ---------------------------------------------------------------------------
 LIFEBOAT_REEF_STACK_DIR ?= /tmp/lifeboat-stack-reef
 REEF_GO_TAGS ?= reef

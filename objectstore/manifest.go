@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // ManifestVersion is the manifest format this package writes and the
@@ -323,17 +324,15 @@ func (r *Repository) Backups(ctx context.Context, pages bool) (Catalog, error) {
 	}
 	got := make([]listed, len(ids))
 	errs := make([]error, len(ids))
-	sem := make(chan struct{}, 8)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(DefaultParallel)
 	for i, id := range ids {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
+		g.Go(func() error {
 			errs[i] = r.loadManifest(ctx, id, &got[i])
-		}()
+			return nil // each backup's error is judged on its own below
+		})
 	}
-	wg.Wait()
+	_ = g.Wait()
 	var cat Catalog
 	for i, id := range ids {
 		err := errs[i]

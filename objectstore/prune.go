@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // Forget deletes backup id's manifest: the backup is gone at once, as one
@@ -272,8 +274,7 @@ type deleter struct {
 	ctx    context.Context
 	lock   *heldLock // nil: dry run
 	dry    bool
-	queue  chan doomed
-	wg     sync.WaitGroup
+	g      errgroup.Group
 	failed atomic.Pointer[error]
 
 	chunks, pages, bytes atomic.Int64
@@ -293,21 +294,8 @@ func (r *Repository) newDeleter(ctx context.Context, lock *heldLock, opt PruneOp
 	if par <= 0 {
 		par = DefaultParallel
 	}
-	d := &deleter{r: r, ctx: ctx, lock: lock, dry: opt.DryRun, queue: make(chan doomed)}
-	for range par {
-		d.wg.Add(1)
-		go func() {
-			defer d.wg.Done()
-			for o := range d.queue {
-				if d.failed.Load() != nil {
-					continue
-				}
-				if err := d.remove(o); err != nil {
-					d.failed.CompareAndSwap(nil, &err)
-				}
-			}
-		}()
-	}
+	d := &deleter{r: r, ctx: ctx, lock: lock, dry: opt.DryRun}
+	d.g.SetLimit(par)
 	return d
 }
 
@@ -372,19 +360,20 @@ func (d *deleter) delete(o doomed) error {
 		d.done(o)
 		return nil
 	}
-	select {
-	case d.queue <- o:
-		return nil
-	case <-d.ctx.Done():
-		return context.Cause(d.ctx)
+	if err := context.Cause(d.ctx); err != nil {
+		return err
 	}
-}
-
-func (d *deleter) wait() error {
-	close(d.queue)
-	d.wg.Wait()
-	if err := d.failed.Load(); err != nil {
-		return *err
-	}
+	d.g.Go(func() error { // waits for one of the goroutines to be free
+		if d.failed.Load() != nil {
+			return nil
+		}
+		err := d.remove(o)
+		if err != nil {
+			d.failed.CompareAndSwap(nil, &err)
+		}
+		return err
+	})
 	return nil
 }
+
+func (d *deleter) wait() error { return d.g.Wait() }

@@ -59,6 +59,12 @@ func (c ClusterConfig) where() string {
 	return b.String()
 }
 
+// DefaultParallel is how many operations lifeboat runs at once on one
+// cluster connection by default (librados multiplexes them). The S3 side
+// has its own, objectstore.DefaultParallel: neither package knows the
+// other, and the two need not stay equal.
+const DefaultParallel = 8
+
 // ErrUnreachable is wrapped when a cluster cannot be connected to in time or
 // refuses the credentials.
 var ErrUnreachable = errors.New("cannot connect to Ceph")

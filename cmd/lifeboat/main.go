@@ -1,5 +1,6 @@
 // Command lifeboat makes Ceph RBD snapshots taken through Kubernetes CSI
-// real backups. This is its admin CLI and, later, its agent.
+// real backups: its admin CLI (resolve, verify, export, restore, backups,
+// repo) and its agent (`lifeboat run`).
 package main
 
 import (

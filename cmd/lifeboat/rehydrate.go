@@ -216,7 +216,7 @@ func parseIDMap(pairs []string) (map[string]string, error) {
 func rehydrateAll(ctx context.Context, cmd *cobra.Command, repo *objectstore.Repository, cl *rbd.Cluster,
 	vols []*backup.VolumePlan, parallel int, rh *rehydrateFlags) {
 	if parallel <= 0 {
-		parallel = backup.DefaultParallel
+		parallel = objectstore.DefaultParallel
 	}
 	var todo []*backup.VolumePlan
 	var total int64

@@ -102,7 +102,7 @@ func addRepoFlags(cmd *cobra.Command, r *repoFlags) {
 	f.BoolVar(&r.s3.PathStyle, "s3-path-style", false, "use path-style requests (most non-AWS servers)")
 	f.BoolVar(&r.s3.CreateBucket, "s3-create-bucket", false, "create the bucket if it is missing")
 	f.StringVar(&r.keyFile, "encryption-key-file", "", "file holding the repository's encryption key (trailing newline ignored); losing it loses the backups")
-	f.IntVar(&r.parallel, "parallel", 0, "chunks read, uploaded or written at once (default 8)")
+	f.IntVar(&r.parallel, "parallel", 0, fmt.Sprintf("chunks read, uploaded or written at once (default %d)", objectstore.DefaultParallel))
 	f.DurationVar(&r.retryFor, "s3-retry-for", objectstore.DefaultRetryFor,
 		"how long to retry S3 requests while it is unreachable or answers 5xx or SlowDown, before giving up")
 }

@@ -38,14 +38,17 @@ func newRootCmd() *cobra.Command {
 		Use:   "lifeboat",
 		Short: "Backups of Ceph RBD CSI snapshots that survive the loss of Ceph",
 		Long: `lifeboat bridges Kubernetes CSI snapshots of ceph-csi RBD volumes to their RBD images,
-verifies them, and (in later releases) exports them to S3.
+verifies them, exports them to S3 and restores them; "lifeboat run" does it as an agent.
 
 Exit codes: 0 all good, 1 problems found, 2 could not check (unreachable API server or Ceph,
 bad credentials, bad flags).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return g.validate()
+			if err := g.validate(); err != nil {
+				return err
+			}
+			return g.start()
 		},
 	}
 	f := root.PersistentFlags()
@@ -77,19 +80,8 @@ func (g *globals) validate() error {
 	default:
 		return fmt.Errorf("--output %q: use table, json or yaml", g.output)
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: use debug, info, warn or error", g.logLevel)
-	}
-	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
-	if g.cpuProfile != "" {
-		f, err := os.Create(g.cpuProfile)
-		if err != nil {
-			return fmt.Errorf("--cpu-profile: %w", err)
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fmt.Errorf("--cpu-profile: %w", err)
-		}
+	if _, err := g.level(); err != nil {
+		return err
 	}
 	if g.cephTimeout <= 0 || g.kubeTimeout <= 0 {
 		return fmt.Errorf("--ceph-timeout and --kube-timeout must be positive")
@@ -101,6 +93,32 @@ func (g *globals) validate() error {
 		if _, err := os.Stat(g.cephConf); err != nil {
 			return fmt.Errorf("--ceph-conf: %w", err)
 		}
+	}
+	return nil
+}
+
+func (g *globals) level() (slog.Level, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return lvl, fmt.Errorf("--log-level %q: use debug, info, warn or error", g.logLevel)
+	}
+	return lvl, nil
+}
+
+// start installs the logger at --log-level and starts the --cpu-profile,
+// once the flags are valid.
+func (g *globals) start() error {
+	lvl, _ := g.level()
+	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})))
+	if g.cpuProfile == "" {
+		return nil
+	}
+	f, err := os.Create(g.cpuProfile)
+	if err != nil {
+		return fmt.Errorf("--cpu-profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		return fmt.Errorf("--cpu-profile: %w", err)
 	}
 	return nil
 }

@@ -213,7 +213,7 @@ func (r *runFlags) run(ctx context.Context, g *globals, rf *repoFlags) error {
 	cfg := controller.Config{Workers: r.workers, Export: r.export, Selector: sel, IncludeNamespaces: r.include,
 		ExcludeNamespaces: r.exclude, VerifyInterval: r.verifyInterval, Parallel: rf.parallel, DriverSuffix: g.driver,
 		Retention: r.retention, VeleroNamespace: r.veleroNS, VeleroLookback: r.veleroLookback, VeleroInterval: r.veleroInterval}
-	ctrl := controller.New(cfg, b.Kube, b, repo, m)
+	ctrl := controller.New(cfg, controller.NewDeps(b.Kube, b, repo, m))
 	m.ObjectstoreUp.Set(1)
 	ready.Store(true)
 	slog.Info("lifeboat agent starting", "version", version, "repository", repo.Config().ID[:12], "workers", r.workers,

@@ -98,9 +98,8 @@ func CSISource(s kube.Snapshot, h string, ref rbd.Ref, cl *rbd.Cluster) Source {
 
 // Options tune an export.
 type Options struct {
-	Parallel int     // Ceph readers and S3 uploads at once (default 8)
-	Full     bool    // ignore the previous backup (no incremental)
-	Planner  Planner // where chunks come from; default DiffPlanner
+	Parallel int  // Ceph readers and S3 uploads at once (default objectstore.DefaultParallel)
+	Full     bool // ignore the previous backup (no incremental)
 	// SHA256 records the whole image's SHA-256 in the manifest when every
 	// byte is read (not on diff paths): one more pass on one core.
 	SHA256   bool
@@ -117,9 +116,6 @@ type Result struct {
 	CephBytesRead uint64
 }
 
-// DefaultParallel is the default number of chunks read and uploaded at once.
-const DefaultParallel = 8
-
 // Export reads src's snapshot through the clone and its parents and writes
 // it to repo as a new backup. The manifest is written only once every chunk
 // is stored: an interrupted export leaves no backup, and running it again
@@ -127,10 +123,7 @@ const DefaultParallel = 8
 func Export(ctx context.Context, repo *objectstore.Repository, src Source, opts Options) (*Result, error) {
 	start := time.Now()
 	if opts.Parallel <= 0 {
-		opts.Parallel = DefaultParallel
-	}
-	if opts.Planner == nil {
-		opts.Planner = DiffPlanner{}
+		opts.Parallel = objectstore.DefaultParallel
 	}
 	r, err := src.Cluster.OpenSnapshot(src.Ref.Pool, src.Ref.Namespace, src.Ref.Image, src.Ref.Snapshot)
 	if err != nil {
@@ -150,7 +143,7 @@ func Export(ctx context.Context, repo *objectstore.Repository, src Source, opts 
 		return nil, err
 	}
 	chunk := uint64(repo.Config().ChunkSize)
-	plan, err := opts.Planner.Plan(ctx, snap, parent, chunk)
+	plan, err := planFor(snap, parent, chunk)
 	if err != nil {
 		return nil, err
 	}

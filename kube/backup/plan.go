@@ -1,7 +1,6 @@
 package backup
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strconv"
@@ -81,21 +80,8 @@ type Snapshot struct {
 	OwnBytes uint64
 }
 
-// A Planner decides where each chunk of a snapshot comes from, given the
-// previous backup of the same volume (nil for a full backup).
-type Planner interface {
-	Plan(ctx context.Context, s *Snapshot, parent *objectstore.Manifest, chunk uint64) (*Plan, error)
-}
-
-// AllocatedPlanner reads every allocated chunk, parents included; against
-// a parent backup, unchanged chunks are found by hash and not uploaded.
-type AllocatedPlanner struct{}
-
-// Plan implements Planner.
-func (AllocatedPlanner) Plan(_ context.Context, s *Snapshot, parent *objectstore.Manifest, chunk uint64) (*Plan, error) {
-	return allocated(s, parent, chunk, "")
-}
-
+// allocated reads every allocated chunk, parents included; against a
+// parent backup, unchanged chunks are found by hash and not uploaded.
 func allocated(s *Snapshot, parent *objectstore.Manifest, chunk uint64, fallback string) (*Plan, error) {
 	bm, err := s.Reader.Allocated(chunk)
 	if err != nil {
@@ -112,14 +98,13 @@ func allocated(s *Snapshot, parent *objectstore.Manifest, chunk uint64, fallback
 	return p, nil
 }
 
-// DiffPlanner reads only what Ceph says changed since the parent backup:
-// by snapshot name when both backups are of one image, by snapshot id on
-// the parent volume when they are two ceph-csi snapshot clones. When Ceph
-// cannot tell, it falls back to AllocatedPlanner and says why.
-type DiffPlanner struct{}
-
-// Plan implements Planner.
-func (DiffPlanner) Plan(_ context.Context, s *Snapshot, parent *objectstore.Manifest, chunk uint64) (*Plan, error) {
+// planFor decides where each chunk of snapshot s comes from, given the
+// previous backup of the same volume (nil for a full backup): only what
+// Ceph says changed since it, by snapshot name when both backups are of
+// one image, by snapshot id on the parent volume when they are two
+// ceph-csi snapshot clones. When Ceph cannot tell, it reads every
+// allocated chunk and says why.
+func planFor(s *Snapshot, parent *objectstore.Manifest, chunk uint64) (*Plan, error) {
 	if parent == nil {
 		return allocated(s, nil, chunk, "")
 	}

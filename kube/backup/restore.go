@@ -53,7 +53,7 @@ type RestoreOptions struct {
 // (objectstore.Stream). On failure it removes the image it created unless KeepPartial.
 func Restore(ctx context.Context, repo *objectstore.Repository, m *objectstore.Manifest, t Target, opts RestoreOptions) (err error) {
 	if opts.Parallel <= 0 {
-		opts.Parallel = DefaultParallel
+		opts.Parallel = objectstore.DefaultParallel
 	}
 	w, created, err := openTarget(t, m, opts)
 	if err != nil {
@@ -119,7 +119,7 @@ func Restore(ctx context.Context, repo *objectstore.Repository, m *objectstore.M
 // compares it with backup m, as restore --verify does.
 func VerifyImage(ctx context.Context, repo *objectstore.Repository, t Target, snap string, m *objectstore.Manifest, parallel int) error {
 	if parallel <= 0 {
-		parallel = DefaultParallel
+		parallel = objectstore.DefaultParallel
 	}
 	return readBack(ctx, repo, t, snap, m, parallel)
 }

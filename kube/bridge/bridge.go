@@ -4,6 +4,7 @@
 package bridge
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,24 +31,12 @@ type Options struct {
 }
 
 func (o *Options) defaults() {
-	if o.Namespace == "" {
-		o.Namespace = kube.DefaultNamespace
-	}
-	if o.ConfigMap == "" {
-		o.ConfigMap = kube.DefaultConfigMap
-	}
-	if o.Secret == "" {
-		o.Secret = kube.DefaultSecret
-	}
-	if o.DriverSuffix == "" {
-		o.DriverSuffix = kube.DefaultDriverSuffix
-	}
-	if o.SnapshotPrefix == "" {
-		o.SnapshotPrefix = rbd.DefaultSnapshotPrefix
-	}
-	if o.InstanceID == "" {
-		o.InstanceID = rbd.DefaultInstanceID
-	}
+	o.Namespace = cmp.Or(o.Namespace, kube.DefaultNamespace)
+	o.ConfigMap = cmp.Or(o.ConfigMap, kube.DefaultConfigMap)
+	o.Secret = cmp.Or(o.Secret, kube.DefaultSecret)
+	o.DriverSuffix = cmp.Or(o.DriverSuffix, kube.DefaultDriverSuffix)
+	o.SnapshotPrefix = cmp.Or(o.SnapshotPrefix, rbd.DefaultSnapshotPrefix)
+	o.InstanceID = cmp.Or(o.InstanceID, rbd.DefaultInstanceID)
 }
 
 // Bridge resolves and verifies CSI snapshots. One Bridge keeps one Ceph

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/lifeboat-backup/lifeboat/kube"
 	"github.com/lifeboat-backup/lifeboat/rbd"
 )
@@ -57,7 +59,7 @@ func (r *Report) OK() bool {
 
 // verifyParallelism bounds concurrent image inspections; librados
 // multiplexes them over the one connection per cluster.
-const verifyParallelism = 8
+const verifyParallelism = rbd.DefaultParallel
 
 // Verify checks the named VolumeSnapshotContents (or VolumeSnapshots as
 // namespace/name), or all RBD ones when names is empty; then it looks for
@@ -128,28 +130,21 @@ type checked struct {
 
 func (b *Bridge) checkAll(ctx context.Context, all []kube.Snapshot) (map[string]checked, error) {
 	var (
-		mu    sync.Mutex
-		out   = map[string]checked{}
-		first error
-		wg    sync.WaitGroup
-		sem   = make(chan struct{}, verifyParallelism)
+		mu  sync.Mutex
+		out = map[string]checked{}
+		g   errgroup.Group
 	)
+	g.SetLimit(verifyParallelism)
 	for _, s := range all {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
+		g.Go(func() error {
 			c, err := b.check(ctx, s)
 			mu.Lock()
 			defer mu.Unlock()
-			if err != nil && first == nil {
-				first = err
-			}
 			out[s.Content.Name] = c
-		}()
+			return err
+		})
 	}
-	wg.Wait()
-	return out, first
+	return out, g.Wait()
 }
 
 // check verifies one snapshot. Problems go into the report; an error is

@@ -1,6 +1,9 @@
 package controller
 
 import (
+	"strings"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/client-go/util/workqueue"
@@ -145,4 +148,22 @@ func (q *queueMetrics) NewLongestRunningProcessorSecondsMetric(n string) workque
 }
 func (q *queueMetrics) NewRetriesMetric(n string) workqueue.CounterMetric {
 	return q.counter("retries_total", "Total retries handled by the workqueue.", n)
+}
+
+// RecordExport counts a successful export of the snapshot of PVC pvc
+// (namespace/name, "" when unknown).
+func (m *Metrics) RecordExport(res *backup.Result, pvc string) {
+	m.Exports.WithLabelValues("success").Inc()
+	m.ExportDuration.Observe(res.Seconds)
+	m.ExportPaths.WithLabelValues(res.Path).Inc()
+	if res.Fallback != "" {
+		m.Fallbacks.WithLabelValues(res.Fallback).Inc()
+	}
+	st := res.Manifest.Stats
+	m.ExportBytes.WithLabelValues("read").Add(float64(res.CephBytesRead))
+	m.ExportBytes.WithLabelValues("new").Add(float64(st.BytesNew))
+	m.ExportBytes.WithLabelValues("stored").Add(float64(st.BytesStored))
+	if ns, name, ok := strings.Cut(pvc, "/"); ok {
+		m.LastExport.WithLabelValues(ns, name).Set(float64(time.Now().Unix()))
+	}
 }

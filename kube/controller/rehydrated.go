@@ -5,7 +5,6 @@ import (
 	"log/slog"
 
 	"github.com/lifeboat-backup/lifeboat/kube"
-	"github.com/lifeboat-backup/lifeboat/rbd"
 )
 
 // backedUp returns the backup that holds s: the one exported from it, or,
@@ -17,15 +16,15 @@ func (c *Controller) backedUp(ctx context.Context, s kube.Snapshot) string {
 	if id := c.exportedID(h); id != "" {
 		return id
 	}
-	ref, cl, err := c.bridge.Locate(ctx, h)
+	ref, err := c.Locator.Locate(ctx, h)
 	if err != nil {
 		return ""
 	}
-	id, err := cl.ImageMeta(ref.Pool, ref.Namespace, ref.Image, rbd.MetaBackupID)
+	id, err := c.Locator.RestoredFrom(ctx, ref)
 	if err != nil || id == "" {
 		return ""
 	}
-	if ok, err := c.repo.HasBackup(ctx, id); err != nil || !ok {
+	if ok, err := c.Backups.HasBackup(ctx, id); err != nil || !ok {
 		return ""
 	}
 	slog.Info("snapshot was rehydrated from a backup of this repository: not exporting it again",

@@ -20,7 +20,7 @@ const veleroAnswer = time.Minute
 // catchUpLoop runs catchUp when the agent starts leading and then every
 // VeleroInterval.
 func (c *Controller) catchUpLoop(ctx context.Context) {
-	if c.cfg.VeleroNamespace == "" || c.cfg.VeleroLookback <= 0 || !c.cfg.Export {
+	if c.Velero == nil || c.cfg.VeleroNamespace == "" || c.cfg.VeleroLookback <= 0 || !c.cfg.Export {
 		return
 	}
 	interval := c.cfg.VeleroInterval
@@ -49,7 +49,7 @@ func (c *Controller) catchUpLoop(ctx context.Context) {
 // every snapshot handle; one with no backup in the repository and no
 // content left is exported like a content deleted before its export.
 func (c *Controller) catchUp(ctx context.Context) error {
-	all, err := c.kube.VeleroBackups(ctx, c.cfg.VeleroNamespace)
+	all, err := c.Velero.VeleroBackups(ctx, c.cfg.VeleroNamespace)
 	if errors.Is(err, kube.ErrNoVelero) {
 		slog.Debug("no Velero: nothing to catch up", "veleroNamespace", c.cfg.VeleroNamespace)
 		return nil
@@ -87,7 +87,7 @@ func (c *Controller) isCaughtUp(backup string) bool {
 // catchUpBackup queues the export of each snapshot of Velero backup
 // `backup` that is in scope, not exported and not known as a content.
 func (c *Controller) catchUpBackup(ctx context.Context, backup string) error {
-	vols, err := c.kube.VeleroVolumes(ctx, c.cfg.VeleroNamespace, backup, veleroAnswer)
+	vols, err := c.Velero.VeleroVolumes(ctx, c.cfg.VeleroNamespace, backup, veleroAnswer)
 	if err != nil {
 		return err
 	}
@@ -106,7 +106,7 @@ func (c *Controller) catchUpBackup(ctx context.Context, backup string) error {
 		queued++
 	}
 	if queued > 0 {
-		c.metrics.CaughtUp.Add(float64(queued))
+		c.Metrics.CaughtUp.Add(float64(queued))
 	}
 	return nil
 }

@@ -34,7 +34,7 @@ func (c *Controller) verifyLoop(ctx context.Context) {
 // not this agent's alerts. Orphans are looked for cluster-wide all the
 // same: an orphan has no namespace any more.
 func (c *Controller) verifyAll(ctx context.Context) {
-	rep, err := c.bridge.Verify(ctx, nil)
+	rep, err := c.Checker.Verify(ctx, nil)
 	if err != nil {
 		slog.Warn("periodic verification could not check", "err", err)
 		return
@@ -59,23 +59,19 @@ func (c *Controller) verifyAll(ctx context.Context) {
 		}
 	}
 	for s, n := range status {
-		c.metrics.Snapshots.WithLabelValues(s).Set(n)
+		c.Metrics.Snapshots.WithLabelValues(s).Set(n)
 	}
 	for code, n := range problems {
-		c.metrics.VerifyProblems.WithLabelValues(string(code)).Set(n)
+		c.Metrics.VerifyProblems.WithLabelValues(string(code)).Set(n)
 	}
 	var bytes uint64
 	for _, o := range rep.Orphans {
 		bytes += o.Size
 	}
-	c.metrics.OrphanImages.Set(float64(len(rep.Orphans)))
-	c.metrics.OrphanBytes.Set(float64(bytes))
+	c.Metrics.OrphanImages.Set(float64(len(rep.Orphans)))
+	c.Metrics.OrphanBytes.Set(float64(bytes))
 	for cl := range clusters {
-		c.metrics.CephUp.WithLabelValues(cl).Set(1)
+		c.Metrics.CephUp.WithLabelValues(cl).Set(1)
 	}
 	slog.Info("verified", "snapshots", len(rep.Snapshots), "problems", status[bridge.StatusProblem], "orphans", len(rep.Orphans))
 }
-
-func joinComma(s []string) string { return strings.Join(s, ",") }
-
-func cutSlash(s string) (string, string, bool) { return strings.Cut(s, "/") }

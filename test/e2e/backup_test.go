@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -383,7 +384,7 @@ func TestBackupBadInput(t *testing.T) {
 	}
 	imageExists := func(name string) bool {
 		t.Helper()
-		return contains(rbdImages(t, env.Get("CEPH_CONF"), "replicapool/"+w.id), name)
+		return slices.Contains(rbdImages(t, env.Get("CEPH_CONF"), "replicapool/"+w.id), name)
 	}
 
 	t.Run("wrong S3 credentials", func(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -384,7 +385,7 @@ func TestRehydrateIntoNewCluster(t *testing.T) {
 		Contents []string `json:"volumeSnapshotContents"`
 	}
 	mustJSON(t, rr.stdout, &shared)
-	if rr.code != 0 || len(shared.Contents) != 2 || !contains(shared.Contents, content) || !contains(shared.Contents, content2) {
+	if rr.code != 0 || len(shared.Contents) != 2 || !slices.Contains(shared.Contents, content) || !slices.Contains(shared.Contents, content2) {
 		t.Errorf("resolve %s with two contents: exit %d, contents %v; want %s and %s", h, rr.code, shared.Contents, content, content2)
 	}
 	nu, _ := handle.Decode(h)

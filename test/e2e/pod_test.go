@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -323,7 +324,7 @@ func podApply(t *testing.T, dir string) {
 			for _, k := range depSharedKinds {
 				shared = shared || strings.HasPrefix(n, k)
 			}
-			if !shared || !contains(before, n) {
+			if !shared || !slices.Contains(before, n) {
 				del = append(del, n)
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -111,7 +112,7 @@ func TestResolveAndVerifyHealthy(t *testing.T) {
 		if got.Size != 64*MiB || got.SnapshotSize != 64*MiB || got.Overlap != 64*MiB {
 			t.Errorf("resolve %s: sizes %d/%d/%d", target, got.Size, got.SnapshotSize, got.Overlap)
 		}
-		if !reflect.DeepEqual(got.Features, []string{"layering", "deep-flatten", "operations"}) || !contains(got.OpFeatures, "clone-child") {
+		if !reflect.DeepEqual(got.Features, []string{"layering", "deep-flatten", "operations"}) || !slices.Contains(got.OpFeatures, "clone-child") {
 			t.Errorf("resolve %s: features %v op_features %v", target, got.Features, got.OpFeatures)
 		}
 		if got.Parent.Image != vol.Name || got.Parent.SnapNamespace != "trash" || got.Parent.Namespace != w.id {
@@ -206,15 +207,6 @@ func mustJSON(t *testing.T, s string, v any) {
 	if err := json.Unmarshal([]byte(s), v); err != nil {
 		t.Fatalf("output is not JSON: %v\n%s", err, s)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // TestVerifyFindsEveryProblem breaks Ceph and the objects in every way the

@@ -9,8 +9,9 @@
 // would create: images csi-vol-<uuid> and csi-snap-<uuid>, clone v2 chains
 // with the parent's temporary snapshot in the trash snapshot namespace, the
 // csi.volumes.<instance> / csi.snaps.<instance> journal omaps and handles of
-// the form 0001-LLLL-<clusterID>-<poolID>-<uuid>. See
-// /work/shared/notes/ceph-csi-and-velero.md for the layout.
+// the form 0001-LLLL-<clusterID>-<poolID>-<uuid>, as ceph-csi's own
+// internal/journal/voljournal.go and internal/rbd/ (snapshot.go,
+// rbd_journal.go) lay them out; rbd/journal.go reads them back.
 //
 // No controllers run against the API server, so the simulator writes object
 // status itself (through the status subresources) and never adds finalizers

@@ -159,7 +159,11 @@ func TestForgetAndPruneSkipLocked(t *testing.T) {
 	if cat, err := r.Backups(ctx, true); err != nil || len(cat.Backups) != 1 || cat.Backups[0].ID != keep.ID {
 		t.Fatalf("backups after forgetting a locked one: %+v, %v; want only %s (forgotten is forgotten)", cat, err, keep.ID)
 	}
-	st, err := r.Prune(ctx, PruneOptions{})
+	st, err := r.Prune(ctx, PruneOptions{DryRun: true})
+	if err != nil || len(st.BackupsLocked) != 1 || st.ChunksDeleted != 0 || st.ObjectsLocked != 0 {
+		t.Fatalf("dry prune while locked: %+v, %v; want the locked backup named, nothing to delete", st, err)
+	}
+	st, err = r.Prune(ctx, PruneOptions{})
 	if err != nil || len(st.BackupsLocked) != 1 || st.BackupsLocked[0].ID != m.ID || st.ChunksDeleted != 0 {
 		t.Fatalf("prune while locked: %+v, %v", st, err)
 	}
@@ -167,6 +171,15 @@ func TestForgetAndPruneSkipLocked(t *testing.T) {
 		t.Fatal("the locked backup is gone")
 	}
 	time.Sleep(time.Until(*m.LockedUntil) + 100*time.Millisecond)
+	// A dry run counts what the prune will: the backup's objects locked
+	// longer than it, nothing deletable; it deletes nothing.
+	st, err = r.Prune(ctx, PruneOptions{DryRun: true})
+	if err != nil || len(st.BackupsLocked) != 0 || st.ChunksDeleted != 0 || st.ObjectsLocked != 3 {
+		t.Fatalf("dry prune after the backup's date: %+v, %v", st, err)
+	}
+	if ok, _ := r.HasBackup(ctx, m.ID); !ok {
+		t.Fatal("a dry prune deleted the backup")
+	}
 	st, err = r.Prune(ctx, PruneOptions{})
 	if err != nil || len(st.BackupsLocked) != 0 || st.ChunksDeleted != 0 || st.ObjectsLocked != 3 || st.LockedUntil.Before(*m.LockedUntil) {
 		t.Fatalf("prune after the backup's date, before its data's: %+v, %v", st, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -82,16 +83,18 @@ type LockedBackup struct {
 }
 
 // forgetMarked deletes the manifests of backups marked forgotten, and the
-// marks, except those still locked, which it returns.
-func (r *Repository) forgetMarked(ctx context.Context, lock *heldLock) ([]LockedBackup, error) {
+// marks, except those still locked: it returns those, and the ids of the
+// others. Without a lock (a dry run) it deletes nothing.
+func (r *Repository) forgetMarked(ctx context.Context, lock *heldLock) ([]LockedBackup, map[string]bool, error) {
 	var names []string
 	if err := r.list(ctx, marksPrefix, func(name string, _ int64) error {
 		names = append(names, name)
 		return nil
 	}); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var locked []LockedBackup
+	forgotten := map[string]bool{}
 	for _, mark := range names {
 		id := strings.TrimPrefix(mark, marksPrefix)
 		err := r.lockedNow(ctx, manifestName(id))
@@ -100,17 +103,18 @@ func (r *Repository) forgetMarked(ctx context.Context, lock *heldLock) ([]Locked
 			locked = append(locked, LockedBackup{ID: id, Until: re.Until})
 			continue
 		}
-		if err == nil {
+		if err == nil && lock != nil {
 			err = r.deleteLocked(ctx, lock, manifestName(id))
 		}
-		if err == nil {
+		if err == nil && lock != nil {
 			err = r.deleteLocked(ctx, lock, mark)
 		}
 		if err != nil {
-			return locked, fmt.Errorf("forgetting backup %s, marked forgotten: %w", id, err)
+			return locked, nil, fmt.Errorf("forgetting backup %s, marked forgotten: %w", id, err)
 		}
+		forgotten[id] = true
 	}
-	return locked, nil
+	return locked, forgotten, nil
 }
 
 // deleteLocked deletes name while lock is valid.
@@ -176,13 +180,14 @@ func (r *Repository) Prune(ctx context.Context, opt PruneOptions) (PruneStats, e
 		defer lock.release()
 	}
 
-	if lock != nil {
-		var err error
-		if st.BackupsLocked, err = r.forgetMarked(ctx, lock); err != nil {
-			return st, fmt.Errorf("pruning %s: %w", r.be, lostOr(lock, err))
-		}
+	// A dry run forgets nothing, but counts as a prune would: without the
+	// marked backups it would forget, with the locked ones it would keep.
+	locked, forgotten, err := r.forgetMarked(ctx, lock)
+	st.BackupsLocked = locked
+	if err != nil {
+		return st, fmt.Errorf("pruning %s: %w", r.be, lostOr(lock, err))
 	}
-	chunks, pages, n, err := r.referenced(ctx)
+	chunks, pages, n, err := r.referenced(ctx, forgotten)
 	if err != nil {
 		return st, lostOr(lock, err)
 	}
@@ -224,11 +229,12 @@ func lostOr(h *heldLock, err error) error {
 // pages they reference, and how many backups there are. It reads them
 // all even past a damaged one, so that its error names every backup that
 // keeps a prune from deleting.
-func (r *Repository) referenced(ctx context.Context) (map[ChunkID]struct{}, map[ChunkID]struct{}, int, error) {
+func (r *Repository) referenced(ctx context.Context, forgotten map[string]bool) (map[ChunkID]struct{}, map[ChunkID]struct{}, int, error) {
 	ids, err := r.backupIDs(ctx)
 	if err != nil {
 		return nil, nil, 0, err
 	}
+	ids = slices.DeleteFunc(ids, func(id string) bool { return forgotten[id] })
 	chunks, pages := map[ChunkID]struct{}{}, map[ChunkID]struct{}{}
 	var damaged []string
 	for _, id := range ids {
@@ -299,14 +305,19 @@ func (r *Repository) newDeleter(ctx context.Context, lock *heldLock, opt PruneOp
 	return d
 }
 
+// remove deletes o, or, dry, only sees whether S3 Object Lock would
+// refuse it.
 func (d *deleter) remove(o doomed) error {
-	ctx, cancel, err := d.lock.bound(d.ctx)
-	if err != nil {
-		return err
+	ctx, cancel := context.WithCancel(d.ctx)
+	if !d.dry {
+		var err error
+		if ctx, cancel, err = d.lock.bound(d.ctx); err != nil {
+			return err
+		}
 	}
 	defer cancel()
-	err = d.r.lockedNow(ctx, o.name) // a HEAD, only with object lock
-	if err == nil {
+	err := d.r.lockedNow(ctx, o.name) // a HEAD, only with object lock
+	if err == nil && !d.dry {
 		err = d.r.delete(ctx, o.name)
 	}
 	var re *RetainedError
@@ -355,10 +366,6 @@ func (d *deleter) sweep(prefix string, nameOf func(ChunkID) string, keep map[Chu
 func (d *deleter) delete(o doomed) error {
 	if err := d.failed.Load(); err != nil {
 		return *err
-	}
-	if d.dry {
-		d.done(o)
-		return nil
 	}
 	if err := context.Cause(d.ctx); err != nil {
 		return err

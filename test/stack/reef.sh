@@ -203,7 +203,7 @@ ns_main() {
       GOSUMDB="$("$GOROOT_HOST/bin/go" env GOSUMDB)" GONOSUMDB="$("$GOROOT_HOST/bin/go" env GONOSUMDB)"
       GOPRIVATE="$("$GOROOT_HOST/bin/go" env GOPRIVATE)")
     local v # pass the caller's test knobs through
-    for v in FUZZTIME BENCH_SIZE BENCH_TOOLS BENCH_CHUNK_SIZES BENCH_ENCRYPT BENCH_SEED LIFEBOAT LBSIM http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+    for v in FUZZEXECS FUZZMINIMIZE BENCH_SIZE BENCH_TOOLS BENCH_CHUNK_SIZES BENCH_ENCRYPT BENCH_SEED LIFEBOAT LBSIM http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
       if [[ -n ${!v:-} ]]; then envs+=("$v=${!v}"); fi
     done
   fi

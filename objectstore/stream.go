@@ -1,11 +1,15 @@
 package objectstore
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
+
+	"github.com/sourcegraph/conc/stream"
 )
 
 // Stream reads backup m back. fn is called once per extent, in offset
@@ -13,12 +17,12 @@ import (
 // zeros: a restore into a fresh, zeroed image need not write them). data
 // is only valid during the call.
 //
-// Up to parallel chunks (default DefaultParallel) are fetched ahead. A
+// Up to parallel chunks (default DefaultParallel) are fetched at once. A
 // missing or damaged chunk fails with a *ChunkError naming it and its
 // offset (a damaged extents page with a *PageError). Every chunk is
 // checked against its id, and the extents against the manifest's digest
 // before the first call to fn: together they prove the stream bit-exact.
-// Memory is bounded: parallel chunks and one page of extents. A version 1
+// Memory is bounded: parallel+2 chunks and one page of extents. A version 1
 // manifest, which has no digest, is checked against its whole-stream SHA-256 once every extent has been
 // passed to fn; a mismatch returns an error wrapping ErrChecksumMismatch,
 // and whatever fn wrote must then be treated as bad.
@@ -37,13 +41,6 @@ func (r *Repository) StreamAll(ctx context.Context, m *Manifest, parallel int, f
 // without writing anything.
 func (r *Repository) Verify(ctx context.Context, m *Manifest, parallel int) error {
 	return r.Stream(ctx, m, parallel, func(int64, []byte) error { return nil })
-}
-
-type fetched struct {
-	e    Extent
-	data []byte
-	bufs chunkBufs // back to the free list once fn is done with data
-	err  error
 }
 
 // chunkBufs are the buffers one fetched chunk lives in: the object as
@@ -90,67 +87,11 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 	if parallel <= 0 {
 		parallel = DefaultParallel
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	// pending holds one result channel per extent, in order; its capacity
-	// is the prefetch window, which bounds memory. Buffers are recycled:
-	// a restore then touches the same few megabytes over and over.
-	pending := make(chan chan fetched, parallel)
-	chunk := int64(r.cfg.ChunkSize)
-	free := freeList{make(chan chunkBufs, parallel+2), int(r.maxEncoded(chunk)), int(chunk)}
-	go func() {
-		defer close(pending)
-		x := r.Extents(ctx, m)
-		for {
-			e, ok := x.Next()
-			ch := make(chan fetched, 1)
-			if !ok {
-				if err := x.Err(); err != nil {
-					ch <- fetched{err: err}
-					pending <- ch // the consumer reads, or drains, until close
-				}
-				return
-			}
-			select {
-			case pending <- ch:
-			case <-ctx.Done():
-				return
-			}
-			go func() {
-				bufs := free.get()
-				data, err := r.fetchInto(ctx, e, &bufs)
-				ch <- fetched{e, data, bufs, err}
-			}()
-		}
-	}()
-	defer func() {
-		cancel()
-		for range pending { // let the producer finish
-		}
-	}()
-
 	s := &streamer{fn: fn, fill: fill}
 	if m.Digest == "" {
 		s.h = sha256.New()
 	}
-	for ch := range pending {
-		got := <-ch
-		if got.err != nil {
-			return got.err
-		}
-		e := got.e
-		if err := s.zeros(e.Offset); err != nil {
-			return err
-		}
-		if s.h != nil {
-			s.h.Write(got.data)
-		}
-		if err := fn(e.Offset, got.data); err != nil {
-			return err
-		}
-		free.put(got.bufs)
-		s.next = e.Offset + e.Length
-	}
-	if err := ctx.Err(); err != nil {
+	if err := r.fetchInOrder(ctx, m, parallel, s.extent); err != nil {
 		return err
 	}
 	if err := s.zeros(m.Size); err != nil {
@@ -166,6 +107,76 @@ func (r *Repository) stream(ctx context.Context, m *Manifest, parallel int, fn f
 	return nil
 }
 
+// fetchInOrder fetches the chunks of m's extents, up to parallel at once,
+// and passes them to fn in order, through a conc stream (callbacks in
+// order on one goroutine). Memory is bounded: the stream holds at most
+// parallel+2 chunks (the fetches, its queue of parallel+1 and the chunk
+// being passed to fn). Buffers are recycled: a restore then touches the
+// same few megabytes over and over. A chunk's buffers go back to the
+// free list in its callback, after its fetch returned.
+func (r *Repository) fetchInOrder(ctx context.Context, m *Manifest, parallel int, fn func(Extent, []byte) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	chunk := int64(r.cfg.ChunkSize)
+	free := freeList{make(chan chunkBufs, parallel+2), int(r.maxEncoded(chunk)), int(chunk)}
+	p := &prefetch{r: r, ctx: ctx, cancel: cancel, free: free, fn: fn}
+	s := stream.New().WithMaxGoroutines(parallel)
+	x := r.Extents(ctx, m)
+	for k := 0; ctx.Err() == nil; k++ {
+		e, ok := x.Next()
+		if !ok {
+			break
+		}
+		s.Go(p.task(k, e))
+	}
+	s.Wait()
+	return cmp.Or(p.err, x.Err(), ctx.Err())
+}
+
+// prefetch is what the tasks and callbacks of one fetchInOrder share.
+type prefetch struct {
+	r      *Repository
+	ctx    context.Context
+	cancel context.CancelFunc
+	free   freeList
+	fn     func(Extent, []byte) error
+	err    error // the first error: callbacks run one at a time, Wait orders them before the return
+	due    int   // chunks delivered: a callback whose chunk is not the one due knows that a task or fn before it panicked
+}
+
+// task fetches chunk k, of extent e, and returns its callback.
+func (p *prefetch) task(k int, e Extent) stream.Task {
+	return func() stream.Callback {
+		bufs := p.free.get()
+		data, err := p.r.fetchInto(p.ctx, e, &bufs) // after an error, ctx ends an S3 fetch at once
+		return func() { p.deliver(k, e, data, bufs, err) }
+	}
+}
+
+// deliver passes chunk k to fn unless the stream stopped, and recycles
+// its buffers; the first error stops the stream.
+func (p *prefetch) deliver(k int, e Extent, data []byte, bufs chunkBufs, err error) {
+	switch {
+	case p.err != nil:
+	case k != p.due:
+		p.err = errPanicked // Wait re-raises the panic
+	case err != nil:
+		p.err = err
+	default:
+		p.err = p.fn(e, data)
+	}
+	if p.err != nil {
+		p.cancel()
+		return
+	}
+	p.due++
+	p.free.put(bufs)
+}
+
+// errPanicked stops a stream after a fetch or callback panicked; conc's
+// Wait then re-raises the panic, so it is never returned.
+var errPanicked = errors.New("an earlier fetch or callback panicked")
+
 // streamer hashes the image as it goes (version 1 manifests) and fills
 // holes if asked.
 type streamer struct {
@@ -173,6 +184,21 @@ type streamer struct {
 	fn   func(int64, []byte) error
 	fill bool
 	next int64
+}
+
+// extent passes data, at e's offset, to fn after the zeros before it.
+func (s *streamer) extent(e Extent, data []byte) error {
+	if err := s.zeros(e.Offset); err != nil {
+		return err
+	}
+	if s.h != nil {
+		s.h.Write(data)
+	}
+	if err := s.fn(e.Offset, data); err != nil {
+		return err
+	}
+	s.next = e.Offset + e.Length
+	return nil
 }
 
 // zeros covers [next, to) with zeros.

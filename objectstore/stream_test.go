@@ -1,11 +1,14 @@
 package objectstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -185,8 +188,8 @@ func TestStreamBoundsPrefetch(t *testing.T) {
 	if err := r.Stream(context.Background(), m, 3, slow); err != nil {
 		t.Fatal(err)
 	}
-	// parallel queued plus the one being waited for; each page is read
-	// twice (checked whole before the first byte, then streamed).
+	// parallel chunks at once, and maybe a page of extents; each page is
+	// read twice (checked whole before the first byte, then streamed).
 	if be.maxFlight > 4 || be.gets.Load() != 20+2*int64(len(m.Pages)) {
 		t.Fatalf("%d fetches in flight (want ≤ 4), %d gets", be.maxFlight, be.gets.Load())
 	}
@@ -289,5 +292,176 @@ func TestStreamReusesBuffers(t *testing.T) {
 		if got := after.TotalAlloc - before.TotalAlloc; got > 40*testChunk {
 			t.Errorf("key %q: streaming 200 chunks allocated %d bytes (%d chunks' worth)", key, got, got/testChunk)
 		}
+	}
+}
+
+// slowMemory is a Memory whose chunk reads take a random while, and fail
+// for the names in fail; it counts them and those running.
+type slowMemory struct {
+	*Memory
+	fail map[string]bool
+
+	mu                         sync.Mutex
+	reads, running, maxRunning int
+}
+
+func (s *slowMemory) Get(ctx context.Context, name string) ([]byte, error) {
+	return s.GetInto(ctx, name, nil, -1)
+}
+
+func (s *slowMemory) GetInto(ctx context.Context, name string, buf []byte, limit int64) ([]byte, error) {
+	if !strings.HasPrefix(name, "data/") {
+		return s.Memory.GetInto(ctx, name, buf, limit)
+	}
+	s.mu.Lock()
+	s.reads++
+	s.running++
+	s.maxRunning = max(s.maxRunning, s.running)
+	s.mu.Unlock()
+	defer func() { s.mu.Lock(); s.running--; s.mu.Unlock() }()
+	time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond) // finish out of order
+	if s.fail[name] {
+		return nil, fmt.Errorf("%s: %w (simulated)", name, ErrNotFound)
+	}
+	return s.Memory.GetInto(ctx, name, buf, limit)
+}
+
+func (s *slowMemory) counts() (reads, running int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reads, s.running
+}
+
+// streamFixture is a backup of n random chunks on a slowMemory, and the
+// image it holds.
+func streamFixture(t *testing.T, n int) (*Repository, *slowMemory, *Manifest, []byte) {
+	be := &slowMemory{Memory: NewMemory(), fail: map[string]bool{}}
+	r := newRepo(t, be, nil)
+	img := image(1, strings.Repeat("r", n), 0)
+	return r, be, backup(t, r, img, BackupOptions{}), img
+}
+
+// intact checks that data is the image at off even after a while: no
+// fetch wrote into its buffer while fn had it.
+func intact(img []byte, off int64, data []byte) error {
+	time.Sleep(50 * time.Microsecond)
+	if !bytes.Equal(data, img[off:off+int64(len(data))]) {
+		return fmt.Errorf("chunk at %d overwritten before fn was done with it", off)
+	}
+	return nil
+}
+
+// goroutinesLeft is how many goroutines more than before still run after a
+// grace period (one that has signalled its end may still be exiting).
+func goroutinesLeft(before int) int {
+	for range 200 {
+		if runtime.NumGoroutine() <= before {
+			return 0
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return runtime.NumGoroutine() - before
+}
+
+// TestStreamPrefetch: chunks come in order and intact, at most parallel
+// fetched at once, and nothing is left running.
+func TestStreamPrefetch(t *testing.T) {
+	r, be, m, img := streamFixture(t, 200)
+	before := runtime.NumGoroutine()
+	next := int64(0)
+	err := r.Stream(context.Background(), m, 4, func(off int64, data []byte) error {
+		if off != next {
+			return fmt.Errorf("chunk at %d, want %d", off, next)
+		}
+		next += int64(len(data))
+		return intact(img, off, data)
+	})
+	if err != nil || next != int64(len(img)) {
+		t.Fatalf("%v after %d bytes of %d", err, next, len(img))
+	}
+	if be.maxRunning > 4 {
+		t.Errorf("%d fetches at once, want ≤ 4", be.maxRunning)
+	}
+	if n := goroutinesLeft(before); n > 0 {
+		t.Errorf("%d goroutines left behind", n)
+	}
+}
+
+// TestStreamFirstErrorStops: the first failed chunk's error is returned
+// after fn saw every chunk before it and none after; fetches stop within
+// the window, none runs after the return, and nothing is left running.
+func TestStreamFirstErrorStops(t *testing.T) {
+	r, be, m, img := streamFixture(t, 400)
+	ex := extentsOf(t, r, m)
+	be.fail[chunkName(ex[100].ID)], be.fail[chunkName(ex[150].ID)] = true, true
+	before := runtime.NumGoroutine()
+	calls := 0
+	err := r.Stream(context.Background(), m, 4, func(off int64, data []byte) error {
+		calls++
+		return intact(img, off, data)
+	})
+	var ce *ChunkError
+	if !errors.As(err, &ce) || ce.ID != ex[100].ID || calls != 100 {
+		t.Fatalf("got %v after %d chunks, want chunk 100's error after 100", err, calls)
+	}
+	reads, running := be.counts()
+	if reads > 101+4+2 || running != 0 {
+		t.Errorf("%d chunks fetched for a failure at chunk 100 (want ≤ 107), %d still being fetched", reads, running)
+	}
+	if n := goroutinesLeft(before); n > 0 {
+		t.Errorf("%d goroutines left behind", n)
+	}
+	time.Sleep(5 * time.Millisecond)
+	if after, _ := be.counts(); after != reads {
+		t.Errorf("%d fetches after Stream returned", after-reads)
+	}
+}
+
+// TestStreamCancel: cancelling the context mid-way returns its error
+// soon, fn is not called again, and nothing is left running.
+func TestStreamCancel(t *testing.T) {
+	r, be, m, img := streamFixture(t, 400)
+	before := runtime.NumGoroutine()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	calls := 0
+	err := r.Stream(ctx, m, 4, func(off int64, data []byte) error {
+		if calls++; calls == 50 {
+			cancel()
+		}
+		return intact(img, off, data)
+	})
+	if !errors.Is(err, context.Canceled) || calls > 50+4+2 {
+		t.Errorf("got %v after %d chunks, want context.Canceled soon after 50", err, calls)
+	}
+	if reads, running := be.counts(); reads > 50+4+2 || running != 0 {
+		t.Errorf("%d chunks fetched for a cancel at chunk 50, %d still being fetched", reads, running)
+	}
+	if n := goroutinesLeft(before); n > 0 {
+		t.Errorf("%d goroutines left behind", n)
+	}
+}
+
+// TestStreamPanic: a panic in fn panics the caller (conc re-raises it),
+// and fn is not called again.
+func TestStreamPanic(t *testing.T) {
+	r, _, m, _ := streamFixture(t, 100)
+	before := runtime.NumGoroutine()
+	calls := 0
+	var recovered any
+	func() {
+		defer func() { recovered = recover() }()
+		r.Stream(context.Background(), m, 4, func(int64, []byte) error {
+			if calls++; calls == 30 {
+				panic("fn 30")
+			}
+			return nil
+		})
+	}()
+	if recovered == nil || !strings.Contains(fmt.Sprint(recovered), "fn 30") || calls != 30 {
+		t.Errorf("recovered %v after %d calls, want the panic of call 30 and no more", recovered, calls)
+	}
+	if n := goroutinesLeft(before); n > 0 {
+		t.Errorf("%d goroutines left behind", n)
 	}
 }

@@ -1,19 +1,21 @@
 package rbd
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
+	"iter"
 	"math/bits"
 	"slices"
-	"sync"
 	"sync/atomic"
 
 	"github.com/ceph/go-ceph/rados"
 	librbd "github.com/ceph/go-ceph/rbd"
+	"github.com/sourcegraph/conc/stream"
 )
 
 // SnapshotReader reads an image as it was at a snapshot, through the clone:
@@ -188,49 +190,103 @@ func ReadChunksFunc(ctx context.Context, bm Bitmap, size uint64, parallel int, r
 // from 4 MiB objects then costs librbd and the OSD one read per object
 // instead of four, and for a clone one miss in the child and one read in
 // the parent instead of four of each. Up to parallel chunks' worth of
-// runs (at least two) are read ahead: reads of whole objects need no
+// runs (at least two) are read at once: reads of whole objects need no
 // more to keep ahead of the consumer (measured), and every buffer counts
 // in the peak RSS, the heap growing to 1.25× its live size (GOGC=25).
+//
+// The runs go through a conc stream (readers at once, callbacks in order
+// on one goroutine), which holds at most readers+2 runs' buffers: the
+// reads, its queue of readers+1 and the run being delivered. A buffer goes
+// back to the free list in its run's callback, after its read returned.
 func orderedChunks(ctx context.Context, bm Bitmap, size, span uint64, parallel int, read func(*Chunk) error, fn func(Chunk) error) error {
 	parallel = max(parallel, 1)
 	span = max(span-span%bm.Chunk, bm.Chunk)
-	window := max(2, uint64(parallel)*bm.Chunk/span)
+	readers := min(parallel, int(max(2, uint64(parallel)*bm.Chunk/span)))
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// A free list, not a sync.Pool: a pool is emptied by every GC, and
 	// reallocating 4 MiB buffers would bring the next GC sooner.
-	// Up to window+2 buffers exist: the queue's, the one being delivered
-	// and the one the producer waits to queue.
-	free := make(chan []byte, window+2)
-	buffer := func() []byte {
-		select {
-		case b := <-free:
-			return b
-		default:
-			return make([]byte, span)
+	p := &prefetch{ctx: ctx, cancel: cancel, free: make(chan []byte, readers+2), span: span, chunk: bm.Chunk, read: read, fn: fn}
+	s := stream.New().WithMaxGoroutines(readers)
+	k := 0
+	for i, n := range runs(bm, size, span) {
+		if ctx.Err() != nil {
+			break
 		}
+		s.Go(p.task(k, i, n))
+		k++
 	}
-	type slot struct {
-		c    Chunk // the run: Index and Off of its first chunk
-		buf  []byte
-		done chan error
+	s.Wait()
+	return cmp.Or(p.err, ctx.Err())
+}
+
+// prefetch is what the tasks and callbacks of one orderedChunks share.
+type prefetch struct {
+	ctx         context.Context
+	cancel      context.CancelFunc
+	free        chan []byte
+	span, chunk uint64
+	read        func(*Chunk) error
+	fn          func(Chunk) error
+	err         error // the first error: callbacks run one at a time, Wait orders them before the return
+	due         int   // runs delivered: a callback whose run is not the one due knows that a task or fn before it panicked
+}
+
+// task reads run k, n bytes from chunk i, and returns its callback.
+func (p *prefetch) task(k int, i, n uint64) stream.Task {
+	return func() stream.Callback {
+		if p.ctx.Err() != nil { // stopped: read no more
+			return func() { p.err = cmp.Or(p.err, p.ctx.Err()) }
+		}
+		buf := p.buffer()
+		c := Chunk{Index: i, Off: i * p.chunk, Data: buf[:n]}
+		err := p.read(&c)
+		return func() { p.deliver(k, c, buf, err) }
 	}
-	queue := make(chan *slot, window)
-	jobs := make(chan *slot)
-	var wg sync.WaitGroup
-	for range min(uint64(parallel), window) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for s := range jobs {
-				s.done <- read(&s.c)
-			}
-		}()
+}
+
+// deliver passes run k to fn unless the stream stopped, and recycles its
+// buffer; the first error stops the stream.
+func (p *prefetch) deliver(k int, c Chunk, buf []byte, err error) {
+	switch {
+	case p.err != nil:
+	case k != p.due:
+		p.err = errPanicked // Wait re-raises the panic
+	case err != nil:
+		p.err = err
+	default:
+		p.err = deliver(c, p.chunk, p.fn)
 	}
-	// Producer: hand out runs in order; the queue bounds buffers in use.
-	go func() {
-		defer close(queue)
-		defer close(jobs)
+	if p.err != nil {
+		p.cancel()
+		return
+	}
+	p.due++
+	select {
+	case p.free <- buf:
+	default:
+	}
+}
+
+// errPanicked stops a stream after a task or callback panicked; conc's
+// Wait then re-raises the panic, so it is never returned.
+var errPanicked = errors.New("an earlier read or callback panicked")
+
+// buffer is a run's buffer from the free list, or a new one.
+func (p *prefetch) buffer() []byte {
+	select {
+	case b := <-p.free:
+		return b
+	default:
+		return make([]byte, p.span)
+	}
+}
+
+// runs yields the runs of marked chunks: the index of a run's first chunk
+// and the run's length in bytes, a run being consecutive marked chunks
+// inside one span.
+func runs(bm Bitmap, size, span uint64) iter.Seq2[uint64, uint64] {
+	return func(yield func(uint64, uint64) bool) {
 		for i := uint64(0); i < bm.N; {
 			if !bm.Has(i) {
 				i++
@@ -242,43 +298,12 @@ func orderedChunks(ctx context.Context, bm Bitmap, size, span uint64, parallel i
 			for j < bm.N && j*bm.Chunk < end && bm.Has(j) {
 				j++
 			}
-			buf := buffer()
-			s := &slot{c: Chunk{Index: i, Off: off, Data: buf[:min(j*bm.Chunk, size)-off]}, buf: buf, done: make(chan error, 1)}
+			if !yield(i, min(j*bm.Chunk, size)-off) {
+				return
+			}
 			i = j
-			select {
-			case queue <- s:
-			case <-ctx.Done():
-				return
-			}
-			select {
-			case jobs <- s:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	var err error
-	for s := range queue {
-		if err == nil {
-			select {
-			case err = <-s.done:
-			case <-ctx.Done():
-				err = ctx.Err()
-			}
-			if err == nil {
-				err = deliver(s.c, bm.Chunk, fn)
-			}
-			if err != nil {
-				cancel()
-			}
-		}
-		if err == nil {
-			// After a failure a worker may still be reading into it.
-			free <- s.buf // never blocks, see free
 		}
 	}
-	wg.Wait()
-	return err
 }
 
 // deliver passes run c to fn a chunk at a time.

@@ -149,13 +149,13 @@ func (p *prefetch) task(k int, e Extent) stream.Task {
 	return func() stream.Callback {
 		bufs := p.free.get()
 		data, err := p.r.fetchInto(p.ctx, e, &bufs) // after an error, ctx ends an S3 fetch at once
-		return func() { p.deliver(k, e, data, bufs, err) }
+		return func() { p.callback(k, e, data, bufs, err) }
 	}
 }
 
-// deliver passes chunk k to fn unless the stream stopped, and recycles
+// callback passes chunk k to fn unless the stream stopped, and recycles
 // its buffers; the first error stops the stream.
-func (p *prefetch) deliver(k int, e Extent, data []byte, bufs chunkBufs, err error) {
+func (p *prefetch) callback(k int, e Extent, data []byte, bufs chunkBufs, err error) {
 	switch {
 	case p.err != nil:
 	case k != p.due:

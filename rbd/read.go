@@ -241,13 +241,13 @@ func (p *prefetch) task(k int, i, n uint64) stream.Task {
 		buf := p.buffer()
 		c := Chunk{Index: i, Off: i * p.chunk, Data: buf[:n]}
 		err := p.read(&c)
-		return func() { p.deliver(k, c, buf, err) }
+		return func() { p.callback(k, c, buf, err) }
 	}
 }
 
-// deliver passes run k to fn unless the stream stopped, and recycles its
+// callback passes run k to fn unless the stream stopped, and recycles its
 // buffer; the first error stops the stream.
-func (p *prefetch) deliver(k int, c Chunk, buf []byte, err error) {
+func (p *prefetch) callback(k int, c Chunk, buf []byte, err error) {
 	switch {
 	case p.err != nil:
 	case k != p.due:

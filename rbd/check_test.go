@@ -68,16 +68,6 @@ func TestCheckSnapshotImage(t *testing.T) {
 	}
 }
 
-func TestFeatureNames(t *testing.T) {
-	got := FeatureNames(FeatureLayering | FeatureDeepFlatten | FeatureOperations)
-	if want := []string{"layering", "deep-flatten", "operations"}; !reflect.DeepEqual(got, want) {
-		t.Errorf("FeatureNames = %v, want %v", got, want)
-	}
-	if got := OpFeatureNames(OpCloneChild | OpSnapTrash); !reflect.DeepEqual(got, []string{"clone-child", "snap-trash"}) {
-		t.Errorf("OpFeatureNames = %v", got)
-	}
-}
-
 func TestRefSpec(t *testing.T) {
 	if got := (Ref{Pool: "p", Namespace: "ns", Image: "i", Snapshot: "s"}).Spec(); got != "p/ns/i@s" {
 		t.Errorf("Spec = %q", got)

@@ -1,6 +1,3 @@
-// Package rbd is lifeboat's window on Ceph: connections, ceph-csi's journal,
-// RBD image inspection and health checks. It knows nothing of Kubernetes or
-// S3; callers hand it monitors and credentials.
 package rbd
 
 import (

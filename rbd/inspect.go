@@ -7,44 +7,9 @@ import (
 
 	"github.com/ceph/go-ceph/rados"
 	librbd "github.com/ceph/go-ceph/rbd"
+
+	"github.com/lifeboat-backup/lifeboat/rbd/internal/crbd"
 )
-
-// Image features, librbd's RBD_FEATURE_*.
-const (
-	FeatureLayering    uint64 = 1 << 0
-	FeatureDeepFlatten uint64 = 1 << 5
-	FeatureOperations  uint64 = 1 << 8
-	FeatureFastDiff    uint64 = 1 << 4
-	FeatureObjectMap   uint64 = 1 << 3
-	featureStripingV2  uint64 = 1 << 1
-	featureExclusive   uint64 = 1 << 2
-	featureJournaling  uint64 = 1 << 6
-	featureDataPool    uint64 = 1 << 7
-	featureMigrating   uint64 = 1 << 9
-	featureNonPrimary  uint64 = 1 << 10
-	featureDirtyCache  uint64 = 1 << 11
-)
-
-var featureNames = []struct {
-	bit  uint64
-	name string
-}{
-	{FeatureLayering, "layering"}, {featureStripingV2, "striping"}, {featureExclusive, "exclusive-lock"},
-	{FeatureObjectMap, "object-map"}, {FeatureFastDiff, "fast-diff"}, {FeatureDeepFlatten, "deep-flatten"},
-	{featureJournaling, "journaling"}, {featureDataPool, "data-pool"}, {FeatureOperations, "operations"},
-	{featureMigrating, "migrating"}, {featureNonPrimary, "non-primary"}, {featureDirtyCache, "dirty-cache"},
-}
-
-// FeatureNames names the bits set in f, in the order `rbd info` prints them.
-func FeatureNames(f uint64) []string {
-	names := []string{}
-	for _, n := range featureNames {
-		if f&n.bit != 0 {
-			names = append(names, n.name)
-		}
-	}
-	return names
-}
 
 // Snapshot namespaces, as `rbd snap ls --all` names them.
 const (
@@ -154,8 +119,8 @@ func (c *Cluster) Inspect(pool, namespace, name string, parentDetails bool) (*Im
 	if err := readBasics(img, info); err != nil {
 		return nil, fmt.Errorf("inspecting %s: %w", where, err)
 	}
-	if info.OpFeatures, err = opFeatures(ioctx, info.ID); err != nil {
-		return nil, fmt.Errorf("inspecting %s: %w", where, err)
+	if info.OpFeatures, err = readOpFeatures(ioctx, info.ID); err != nil {
+		return nil, fmt.Errorf("inspecting %s: operation features of image id %s: %w", where, info.ID, err)
 	}
 	if info.Snapshots, err = listSnapshots(img); err != nil {
 		return nil, fmt.Errorf("listing snapshots of %s: %w", where, err)
@@ -189,6 +154,17 @@ func readBasics(img *librbd.Image, info *ImageInfo) error {
 	}
 	info.Features, err = img.GetFeatures()
 	return err
+}
+
+// readOpFeatures reads the operation features of image id: go-ceph has
+// no call for them, so crbd opens a handle of its own.
+func readOpFeatures(ioctx *rados.IOContext, id string) (uint64, error) {
+	img, err := crbd.OpenByIDReadOnly(ioctx, id)
+	if err != nil {
+		return 0, err
+	}
+	defer img.Close()
+	return img.OpFeatures()
 }
 
 func listSnapshots(img *librbd.Image) ([]SnapInfo, error) {

@@ -174,3 +174,85 @@ func journalSnapshotImages(ioctx *rados.IOContext, instanceID string) ([]string,
 	}
 	return names, nil
 }
+
+// Rehydration: after the Ceph cluster a CSI snapshot lived in is lost,
+// lifeboat recreates in a new cluster what ceph-csi would have left for
+// that snapshot (an image with a snapshot of the same name, see admin.go,
+// and the journal object csi.snap.<uuid>, below), so that the snapshot's
+// handle resolves again.
+
+// SnapJournal is what ceph-csi keeps in the omap of csi.snap.<uuid>
+// (internal/journal/voljournal.go). Empty fields are not written.
+type SnapJournal struct {
+	UUID        string
+	ImageName   string // csi.imagename
+	RequestName string // csi.snapname, the CSI request name
+	Source      string // csi.source: required by ceph-csi to restore from the snapshot
+	ImageID     string // csi.imageid
+}
+
+func (j SnapJournal) values() map[string][]byte {
+	kv := map[string][]byte{}
+	for k, v := range map[string]string{keyImageName: j.ImageName, keyRequestName: j.RequestName,
+		keySource: j.Source, keyImageID: j.ImageID} {
+		if v != "" {
+			kv[k] = []byte(v)
+		}
+	}
+	return kv
+}
+
+// Complete tells whether ceph-csi can restore a volume from this journal
+// entry, and what it lacks otherwise.
+func (j SnapJournal) Complete() (bool, string) {
+	switch {
+	case j.Source == "":
+		return false, "no " + keySource + " (ceph-csi fails CreateVolume from it: \"no snap source in omap\")"
+	case j.ImageName == "":
+		return false, "no " + keyImageName
+	}
+	return true, ""
+}
+
+// ReadSnapJournal reads csi.snap.<uuid>; found is false when the object
+// does not exist.
+func (c *Cluster) ReadSnapJournal(pool, namespace, uuid string) (j SnapJournal, found bool, err error) {
+	ioctx, err := c.IOContext(pool, namespace)
+	if err != nil {
+		return j, false, err
+	}
+	defer ioctx.Destroy()
+	vals, err := ioctx.GetAllOmapValues(Snapshot.objectPrefix()+uuid, "", "", 64)
+	if errors.Is(err, rados.ErrNotFound) {
+		return j, false, nil
+	}
+	if err != nil {
+		return j, false, fmt.Errorf("reading journal object csi.snap.%s in %s: %w", uuid, Ref{Pool: pool, Namespace: namespace}.Spec(), err)
+	}
+	return SnapJournal{UUID: uuid, ImageName: string(vals[keyImageName]), RequestName: string(vals[keyRequestName]),
+		Source: string(vals[keySource]), ImageID: string(vals[keyImageID])}, true, nil
+}
+
+// WriteSnapJournal writes csi.snap.<uuid> as ceph-csi's CreateSnapshot
+// leaves it and, when the request name is known, its entry in the
+// directory csi.snaps.<instance> (ceph-csi's idempotency lookup, and
+// lifeboat's orphan scan).
+func (c *Cluster) WriteSnapJournal(pool, namespace, instanceID string, j SnapJournal) error {
+	ioctx, err := c.IOContext(pool, namespace)
+	if err != nil {
+		return err
+	}
+	defer ioctx.Destroy()
+	obj := Snapshot.objectPrefix() + j.UUID
+	if err := ioctx.SetOmap(obj, j.values()); err != nil {
+		return fmt.Errorf("writing journal object %s in %s: %w", obj, Ref{Pool: pool, Namespace: namespace}.Spec(), err)
+	}
+	if j.RequestName == "" {
+		return nil
+	}
+	dir := "csi.snaps." + instanceID
+	if err := ioctx.SetOmap(dir, map[string][]byte{"csi.snap." + j.RequestName: []byte(j.UUID)}); err != nil {
+		return fmt.Errorf("writing journal directory %s in %s: %w", dir, Ref{Pool: pool, Namespace: namespace}.Spec(), err)
+	}
+	return nil
+}

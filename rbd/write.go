@@ -1,81 +1,19 @@
 package rbd
 
-/*
-#cgo LDFLAGS: -lrbd
-#include <errno.h>
-#include <stdlib.h>
-#include <rbd/librbd.h>
-
-// lb_write writes len bytes of buf at off and waits for the write. It is
-// an AIO write because only those are zero-copy (with
-// rbd_disable_zero_copy_writes=false, see newConn): librbd then sends buf
-// itself and completes only once it holds no reference to it, so the
-// caller may reuse buf at once.
-static int lb_write(rbd_image_t img, uint64_t off, size_t len, const char *buf) {
-	rbd_completion_t c;
-	int r = rbd_aio_create_completion(NULL, NULL, &c);
-	if (r < 0) return r;
-	r = rbd_aio_write(img, off, len, buf, c);
-	if (r < 0) {
-		rbd_aio_release(c);
-		return r;
-	}
-	rbd_aio_wait_for_complete(c);
-	r = (int)rbd_aio_get_return_value(c);
-	rbd_aio_release(c);
-	return r < 0 ? r : 0;
-}
-
-// lb_zero makes [off, off+len) read as zeros.
-static int lb_zero(rbd_image_t img, uint64_t off, size_t len) {
-	static const char zeros[512];
-	ssize_t r = rbd_writesame(img, off, len, zeros, sizeof zeros, 0);
-	return r < 0 ? (int)r : 0;
-}
-*/
-import "C"
-
 import (
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
-	"syscall"
-	"unsafe"
 
 	"github.com/ceph/go-ceph/rados"
 	librbd "github.com/ceph/go-ceph/rbd"
+
+	"github.com/lifeboat-backup/lifeboat/rbd/internal/crbd"
 )
 
 // ErrImageExists is wrapped when a restore target already exists.
 var ErrImageExists = errors.New("image already exists")
-
-// creatable are the features a new image may be created with; the others
-// (operations, migrating, non-primary, ...) are set by librbd itself.
-var creatable = FeatureLayering | featureExclusive | FeatureObjectMap | FeatureFastDiff | FeatureDeepFlatten
-
-// ParseFeatures turns "layering,deep-flatten" into feature bits. Features
-// librbd sets on its own (operations) are dropped; unknown names fail.
-func ParseFeatures(list string) (uint64, error) {
-	var f uint64
-	for _, name := range strings.Split(list, ",") {
-		name = strings.TrimSpace(name)
-		if name == "" {
-			continue
-		}
-		bit, ok := uint64(0), false
-		for _, n := range featureNames {
-			if n.name == name {
-				bit, ok = n.bit, true
-			}
-		}
-		if !ok {
-			return 0, fmt.Errorf("unknown RBD feature %q", name)
-		}
-		f |= bit
-	}
-	return f & creatable, nil
-}
 
 // ImageWriter writes an image with parallel writers; see CreateImage.
 //
@@ -85,12 +23,12 @@ func ParseFeatures(list string) (uint64, error) {
 // `rbd import` does.
 //
 // The gather buffers are C memory, allocated once, and each write is an
-// AIO write of the buffer itself (see lb_write): librbd's synchronous
+// AIO write of the buffer itself (crbd.Image.Write): librbd's synchronous
 // write, all go-ceph offers, copies every write into a fresh buffer, and
 // faulting in those pages was a tenth of a restore's CPU.
 type ImageWriter struct {
 	Spec  string
-	img   C.rbd_image_t
+	img   *crbd.Image
 	ioctx *rados.IOContext
 	span  uint64 // the most one write gathers: an object, at most maxSpan
 
@@ -173,28 +111,26 @@ func (c *Cluster) OpenImageForWrite(pool, namespace, name string, size uint64, p
 // of 4 MiB in flight; measured, restores ran no slower than with four or
 // eight.
 func (c *Cluster) openWriter(ioctx *rados.IOContext, spec, name string, parallel, bufSize int) (*ImageWriter, error) {
-	cname := C.CString(name)
-	defer C.free(unsafe.Pointer(cname))
-	var img C.rbd_image_t
-	if r := C.rbd_open(C.rados_ioctx_t(ioctx.Pointer()), cname, &img, nil); r < 0 {
+	img, err := crbd.Open(ioctx, name)
+	if err != nil {
 		ioctx.Destroy()
-		if r == -C.ENOENT {
+		if errors.Is(err, librbd.ErrNotFound) {
 			return nil, fmt.Errorf("%w: %s", ErrImageNotFound, spec)
 		}
-		return nil, fmt.Errorf("opening %s: %w", spec, syscall.Errno(-r))
+		return nil, fmt.Errorf("opening %s: %w", spec, err)
 	}
-	var st C.rbd_image_info_t
-	if r := C.rbd_stat(img, &st, C.sizeof_rbd_image_info_t); r < 0 {
-		C.rbd_close(img)
+	objSize, err := img.ObjectSize()
+	if err != nil {
+		img.Close()
 		ioctx.Destroy()
-		return nil, fmt.Errorf("reading the layout of %s: %w", spec, syscall.Errno(-r))
+		return nil, fmt.Errorf("reading the layout of %s: %w", spec, err)
 	}
 	parallel = max(parallel, 1)
-	span := max(uint64(bufSize), min(uint64(st.obj_size), maxSpan))
+	span := max(uint64(bufSize), min(objSize, maxSpan))
 	n := max(2, parallel*bufSize/int(span))
 	w := &ImageWriter{Spec: spec, img: img, ioctx: ioctx, span: span, jobs: make(chan writeJob), bufs: make(chan cbuf, n)}
 	for range n {
-		b := cbuf(unsafe.Slice((*byte)(C.malloc(C.size_t(span))), span))
+		b := cbuf(crbd.Malloc(int(span)))
 		w.all = append(w.all, b)
 		w.bufs <- b[:0]
 	}
@@ -209,8 +145,8 @@ func (w *ImageWriter) worker() {
 	defer w.wg.Done()
 	for j := range w.jobs {
 		if w.Err() == nil {
-			if r := C.lb_write(w.img, C.uint64_t(j.off), C.size_t(len(j.data)), (*C.char)(unsafe.Pointer(&j.data[0]))); r < 0 {
-				w.fail(fmt.Errorf("writing %s at offset %d: %w", w.Spec, j.off, syscall.Errno(-r)))
+			if err := w.img.Write(j.data, j.off); err != nil {
+				w.fail(fmt.Errorf("writing %s at offset %d: %w", w.Spec, j.off, err))
 			}
 		}
 		w.bufs <- j.data[:0]
@@ -270,8 +206,8 @@ func (w *ImageWriter) Zero(off, n uint64) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	if r := C.lb_zero(w.img, C.uint64_t(off), C.size_t(n)); r < 0 {
-		return fmt.Errorf("zeroing %s at offset %d: %w", w.Spec, off, syscall.Errno(-r))
+	if err := w.img.Zero(off, n); err != nil {
+		return fmt.Errorf("zeroing %s at offset %d: %w", w.Spec, off, err)
 	}
 	return nil
 }
@@ -291,26 +227,24 @@ func (w *ImageWriter) Flush() error {
 	if err := w.Err(); err != nil {
 		return err
 	}
-	if r := C.rbd_flush(w.img); r < 0 {
-		return fmt.Errorf("flushing %s: %w", w.Spec, syscall.Errno(-r))
+	if err := w.img.Flush(); err != nil {
+		return fmt.Errorf("flushing %s: %w", w.Spec, err)
 	}
 	return nil
 }
 
 // resize sets the image's size (overwriting an image of another size).
 func (w *ImageWriter) resize(size uint64) error {
-	if r := C.rbd_resize(w.img, C.uint64_t(size)); r < 0 {
-		return fmt.Errorf("resizing %s to %d bytes: %w", w.Spec, size, syscall.Errno(-r))
+	if err := w.img.Resize(size); err != nil {
+		return fmt.Errorf("resizing %s to %d bytes: %w", w.Spec, size, err)
 	}
 	return nil
 }
 
 // Snapshot creates a user snapshot (after Flush).
 func (w *ImageWriter) Snapshot(name string) error {
-	cname := C.CString(name)
-	defer C.free(unsafe.Pointer(cname))
-	if r := C.rbd_snap_create(w.img, cname); r < 0 {
-		return fmt.Errorf("creating snapshot %s@%s: %w", w.Spec, name, syscall.Errno(-r))
+	if err := w.img.SnapCreate(name); err != nil {
+		return fmt.Errorf("creating snapshot %s@%s: %w", w.Spec, name, err)
 	}
 	return nil
 }
@@ -323,9 +257,9 @@ func (w *ImageWriter) Close() error {
 		close(w.jobs)
 		w.wg.Wait()
 		w.jobs = nil
-		C.rbd_close(w.img)
+		w.img.Close()
 		for _, b := range w.all {
-			C.free(unsafe.Pointer(unsafe.SliceData(b)))
+			crbd.Free(b)
 		}
 		w.ioctx.Destroy()
 	}

@@ -3,12 +3,15 @@ package csidriver
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/google/uuid"
+
+	lbrbd "github.com/lifeboat-backup/lifeboat/rbd"
 )
 
 // This file is ceph-csi's layout in Ceph, shared by the driver and the
@@ -240,23 +243,26 @@ var featureDeps = map[string][]string{
 
 // ParseFeatures validates a StorageClass imageFeatures list like ceph-csi's
 // validateImageFeatures ("" = no features) and returns the feature bits.
+// The names are parsed by lifeboat's own parser (rbd.ParseFeatures); the
+// table of what ceph-csi supports and requires is ceph-csi's.
 func ParseFeatures(list string) (uint64, error) {
-	if list == "" {
-		return 0, nil
+	f, err := lbrbd.ParseFeatures(list)
+	if err != nil {
+		return 0, fmt.Errorf("invalid feature: %w", err)
 	}
-	names := strings.Split(list, ",")
-	for _, f := range names {
-		deps, ok := featureDeps[f]
+	set := lbrbd.FeatureNames(f)
+	for _, name := range set {
+		deps, ok := featureDeps[name]
 		if !ok {
-			return 0, fmt.Errorf("invalid feature %s", f)
+			return 0, fmt.Errorf("invalid feature %s", name)
 		}
 		for _, d := range deps {
-			if !strings.Contains(","+list+",", ","+d+",") {
-				return 0, fmt.Errorf("feature %s requires %s to be set", f, d)
+			if !slices.Contains(set, d) {
+				return 0, fmt.Errorf("feature %s requires %s to be set", name, d)
 			}
 		}
 	}
-	return uint64(rbd.FeatureSetFromNames(names)), nil
+	return f, nil
 }
 
 // SnapshotFeatures are the features ceph-csi gives snapshot clones

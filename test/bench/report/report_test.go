@@ -65,37 +65,28 @@ func TestDerivedFigures(t *testing.T) {
 		"failed\tsecond",
 		"",
 	}, "\n"))
-	for key, want := range map[string]string{
-		"x.full.s":          "2.50",
-		"x.full.rss":        "100",
-		"x.incr.stored":     "500",
-		"x.restore.rss":     "120",
-		"x.restore_ok":      "MISMATCH",
-		"y.restore_ok":      "ok",
-		"y.restore.rss":     "",
-		"x.total.objects":   "7",
-		"x.incr.s":          "",
-		"z.incr.stored":     "",
-		"z.restore_ok":      "",
-		"missing.entirely":  "",
-		"x.restore1.ok":     "ok",
-		"x.restore2.rss_kb": "120400",
+	for _, c := range []struct{ key, value, cell string }{ // what Get and Cell return
+		{"x.full.s", "2.50", "2.50 s"},
+		{"x.full.rss", "100", "100 MB"},
+		{"x.full.stored", "1000", "0.0 MiB"},
+		{"x.incr.stored", "500", "+0.0 MiB"},
+		{"x.restore.rss", "120", "120 MB"},
+		{"x.restore_ok", "MISMATCH", "MISMATCH"},
+		{"y.restore_ok", "ok", "ok"},
+		{"y.restore.rss", "", "—"},
+		{"x.total.objects", "7", "7"},
+		{"x.incr.s", "", "—"},
+		{"z.incr.stored", "", "—"},
+		{"z.restore_ok", "", "—"},
+		{"missing.entirely", "", "—"},
+		{"x.restore1.ok", "ok", "ok"},
+		{"x.restore2.rss_kb", "120400", "120400"},
 	} {
-		if got := f.Get(key); got != want {
-			t.Errorf("Get(%q) = %q, want %q", key, got, want)
+		if got := f.Get(c.key); got != c.value {
+			t.Errorf("Get(%q) = %q, want %q", c.key, got, c.value)
 		}
-	}
-	for key, want := range map[string]string{
-		"x.full.s":        "2.50 s",
-		"x.full.stored":   "0.0 MiB",
-		"x.incr.stored":   "+0.0 MiB",
-		"x.full.rss":      "100 MB",
-		"x.total.objects": "7",
-		"x.restore_ok":    "MISMATCH",
-		"x.incr.s":        "—",
-	} {
-		if got := f.Cell(key); got != want {
-			t.Errorf("Cell(%q) = %q, want %q", key, got, want)
+		if got := f.Cell(c.key); got != c.cell {
+			t.Errorf("Cell(%q) = %q, want %q", c.key, got, c.cell)
 		}
 	}
 	if strings.Join(f.Failed, "|") != "first|second" {

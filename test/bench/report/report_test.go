@@ -116,8 +116,11 @@ func render(t *testing.T, name string, extra ...string) string {
 	return b.String()
 }
 
-// TestRenderAsTheShellDid renders the figures of real runs and compares the
-// result with the report bench.sh's awk wrote of the same figures.
+// TestRenderAsTheShellDid renders the figures of a real run (make bench-reef,
+// 2026-12-07 17:40) and compares the result with the report bench.sh's awk
+// wrote then (testdata/NAME.md, as written). The run kept only its report,
+// so the raw figures in testdata/NAME.tsv (ns, kB, bytes) are ones that
+// round to what it shows; the ratios come out of the same division.
 func TestRenderAsTheShellDid(t *testing.T) {
 	for _, name := range []string{"reef-2026-12-07"} {
 		t.Run(name, func(t *testing.T) {

@@ -100,7 +100,8 @@ stack-wipe:
 # ---------------------------------------------------------------------------
 # Side-by-side benchmark (test/bench/): lifeboat vs kopia and restic (built once
 # from the Go module proxy into $(LIFEBOAT_CACHE_DIR)/bin) on the stack's Ceph and
-# MinIO. Report: $(LIFEBOAT_STACK_DIR)/bench/results.md. Quick run:
+# MinIO. Report: $(LIFEBOAT_STACK_DIR)/bench/results.md, written by test/bench/report
+# from the raw figures in measurements.tsv beside it. Quick run:
 #   make bench BENCH_SIZE=256M
 # More knobs (BENCH_TOOLS, BENCH_CHUNK_SIZES, BENCH_ENCRYPT, ...): test/bench/bench.sh.
 # ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 package rbd
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/binary"
@@ -127,13 +128,11 @@ func newConn(cfg ClusterConfig) (*rados.Conn, error) {
 	if cfg.Key != "" && !validKey(cfg.Key) {
 		return nil, fmt.Errorf("the cephx key of client.%s is not a Ceph key (base64 of a 28-byte CryptoKey, like ceph auth get-key prints)", cfg.User)
 	}
-	var conn *rados.Conn
-	var err error
-	if cfg.User != "" {
-		conn, err = rados.NewConnWithUser(cfg.User)
-	} else {
-		conn, err = rados.NewConn()
-	}
+	// The cluster named "ceph", as the Ceph CLIs name it: go-ceph's NewConn
+	// and NewConnWithUser leave the name empty (rados_create), and librados
+	// then never applies a setting to its log, so the log settings below
+	// would not keep it off stderr.
+	conn, err := rados.NewConnWithClusterAndUser("ceph", "client."+cmp.Or(cfg.User, "admin"))
 	if err != nil {
 		return nil, err
 	}
@@ -147,10 +146,20 @@ func newConn(cfg ClusterConfig) (*rados.Conn, error) {
 		{"client_mount_timeout", secs},
 		{"rados_mon_op_timeout", secs},
 		{"rados_osd_op_timeout", secs},
-		// librados prints messenger errors to stderr by default; lifeboat
-		// reports errors itself.
+		// librados' own log goes nowhere: lifeboat reports what fails
+		// through the errors librados returns. Left alone it prints
+		// messenger errors on stderr (an unprefixed monitor address on a
+		// port other than 6789 is tried as msgr2 first: "_handle_peer_banner
+		// ... is using msgr V1 protocol"), and a ceph.conf may name a log
+		// file or an admin socket, which the agent's read-only root
+		// filesystem refuses. go-ceph has no hook to route that log into
+		// slog (rados_monitor_log2 forwards the monitors' cluster log, not
+		// the client's own lines), so it is silenced.
 		{"log_to_stderr", "false"},
 		{"err_to_stderr", "false"},
+		{"log_to_file", "false"},
+		{"log_file", ""},
+		{"admin_socket", ""},
 		// lifeboat reads each byte once and writes restores in full chunks:
 		// librbd's cache (32 MiB per open image) would only cost memory.
 		{"rbd_cache", "false"},

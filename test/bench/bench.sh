@@ -12,7 +12,10 @@
 # kopia and restic read the snapshot as a raw stream (`rbd export SNAP - | tool`),
 # the way Velero's data mover treats a block volume; lifeboat exports the CSI
 # VolumeSnapshotContent itself. Then lifeboat's chunk size: 1, 2 and 4 MiB.
-# The markdown report goes to $LIFEBOAT_STACK_DIR/bench/results.md (BENCH_DIR).
+# The markdown report goes to $LIFEBOAT_STACK_DIR/bench/results.md (BENCH_DIR),
+# written by test/bench/report from the raw figures this script records in
+# measurements.tsv beside it (`go run ./test/bench/report render FILE` renders
+# them again).
 #
 # Knobs (environment):
 #   BENCH_SIZE=2G            provisioned size (multiple of 8M; 256M for a quick run)
@@ -68,13 +71,13 @@ OUT_DIR=${BENCH_DIR:-$LIFEBOAT_STACK_DIR/bench}
 LOG_DIR=$OUT_DIR/logs    # one .log (stderr) and .out (stdout) per step
 WORK=$OUT_DIR/work       # tool configs and caches, peak-RSS files; deleted at the end
 RESULTS=$OUT_DIR/results.md
+MEASUREMENTS=$OUT_DIR/measurements.tsv  # KEY<TAB>VALUE lines, read by test/bench/report
 CEPH_DIR=$OUT_DIR/ceph   # the dedicated cluster (BENCH_CEPH=own)
 SIM_ENV=""               # the env file lbsim reads (set by setup_ceph)
 SIM=()                   # lbsim with its global flags (set by setup_ceph)
 PASSWORD=lifeboat-bench-password  # kopia's and restic's repository password
 MiB=1048576
 
-declare -A R=()      # results: R[tool.step.metric]
 declare -A SNAP=()   # SNAP[1], SNAP[2]: pool/image@snap
 declare -A VSC=()    # VolumeSnapshotContent names
 declare -A SHA=()    # SHA-256 of `rbd export` of each snapshot
@@ -95,32 +98,42 @@ size_mib() {
   esac
 }
 
-calc() { awk "BEGIN { printf \"%.2f\", $* }"; }
-mib() { awk -v b="$1" 'BEGIN { printf (b >= 100 * 1048576 ? "%.0f" : "%.1f"), b / 1048576 }'; }
+# rec KEY VALUE: record a raw measurement (or a fact for the report's header)
+# for test/bench/report; a later line for a KEY wins, "failed" lines add up.
+rec() { printf '%s\t%s\n' "$1" "$2" >>"$MEASUREMENTS"; }
+# cell KEY: a recorded figure with its unit as the report shows it (7.10 s, 943 MiB).
+cell() { "$WORK/report" cell "$MEASUREMENTS" "$1"; }
 
 # s3 usage|mb|rb BUCKET (test/bench/s3tool)
 s3() { "$WORK/s3tool" "$@"; }
-stored() { s3 usage "$1" | awk '{print $1}'; }
-objects() { s3 usage "$1" | awk '{print $2}'; }
+# rec_usage KEY BUCKET: KEY.stored = the bytes in BUCKET, KEY.objects = its objects.
+rec_usage() {
+  local usage bytes objects
+  usage=$(s3 usage "$2")
+  read -r bytes objects <<<"$usage"
+  rec "$1.stored" "$bytes"
+  rec "$1.objects" "$objects"
+}
 
 # timed_tool CMD...: run the tool whose peak RSS we want (written to $RSS_FILE).
 timed_tool() { /usr/bin/time -f '%M' -o "$RSS_FILE" "$@"; }
 
 # step KEY CMD...: run CMD with stdout in logs/KEY.out and stderr in logs/KEY.log;
-# R[KEY.s] = wall seconds, R[KEY.rss] = peak RSS in MB of the timed_tool inside.
-# A failure stops the benchmark (set -e); on_exit then shows the step's log.
+# records KEY.ns = wall time in ns and KEY.rss_kb = peak RSS in kB of the
+# timed_tool inside. A failure stops the benchmark (set -e); on_exit then shows
+# the step's log.
 step() {
   local key=$1; shift
   local t0 t1
   CUR_STEP=$key
   RSS_FILE=$WORK/$key.rss
   rm -f "$RSS_FILE"
-  t0=$(date +%s.%N)
+  t0=$(date +%s%N)
   "$@" >"$LOG_DIR/$key.out" 2>"$LOG_DIR/$key.log"
-  t1=$(date +%s.%N)
+  t1=$(date +%s%N)
   CUR_STEP=""
-  R[$key.s]=$(calc "$t1 - $t0")
-  if [[ -s $RSS_FILE ]]; then R[$key.rss]=$(tail -n 1 "$RSS_FILE" | awk '{printf "%.0f", $1 / 1000}'); fi
+  rec "$key.ns" $((t1 - t0))
+  if [[ -s $RSS_FILE ]]; then rec "$key.rss_kb" "$(tail -n 1 "$RSS_FILE")"; fi
 }
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
@@ -132,10 +145,11 @@ check_restore() {
   local tool=$1 n=$2 img=$BENCH_POOL/$3 sha
   sha=$(sha_of "$img")
   if [[ $sha == "${SHA[$n]}" ]]; then
-    R[$tool.restore$n.ok]=ok
+    rec "$tool.restore$n.ok" ok
   else
-    R[$tool.restore$n.ok]=MISMATCH
+    rec "$tool.restore$n.ok" MISMATCH
     FAILED+=("$tool restore of snapshot $n: sha256 $sha, want ${SHA[$n]} (image kept: $img)")
+    rec failed "${FAILED[-1]}"
     log "$tool: restored image $img DIFFERS from snapshot $n (sha256 $sha, want ${SHA[$n]})"
     return 0
   fi
@@ -210,7 +224,7 @@ lifeboat_restore() {
 # which would slow whichever tool ran next. Restored images are deleted at once
 # (the OSD holds one restore at a time).
 bench_tool() {
-  local t=$1 bucket=$BENCH_NS-$1 before n
+  local t=$1 bucket=$BENCH_NS-$1 n
   log "$t: new repository in bucket $bucket (load average $(load1))"
   s3 rb "$bucket"
   s3 mb "$bucket"
@@ -218,22 +232,19 @@ bench_tool() {
 
   step "$t.full" "${t}_backup" 1
   ID[$t.1]=$("${t}_id" "$LOG_DIR/$t.full.out")
-  R[$t.full.stored]=$(stored "$bucket")
-  log "$t: full backup ${R[$t.full.s]} s, $(mib "${R[$t.full.stored]}") MiB stored, peak RSS ${R[$t.full.rss]} MB"
+  rec_usage "$t.full" "$bucket"
+  log "$t: full backup $(cell "$t.full.s"), $(cell "$t.full.stored") stored, peak RSS $(cell "$t.full.rss")"
 
   step "$t.incr" "${t}_backup" 2
   ID[$t.2]=$("${t}_id" "$LOG_DIR/$t.incr.out")
-  before=${R[$t.full.stored]}
-  R[$t.total.stored]=$(stored "$bucket")
-  R[$t.incr.stored]=$((${R[$t.total.stored]} - before))
-  R[$t.objects]=$(objects "$bucket")
-  log "$t: backup after the 1% change ${R[$t.incr.s]} s, +$(mib "${R[$t.incr.stored]}") MiB stored, peak RSS ${R[$t.incr.rss]} MB"
+  rec_usage "$t.total" "$bucket"
+  log "$t: backup after the 1% change $(cell "$t.incr.s"), $(cell "$t.incr.stored") stored, peak RSS $(cell "$t.incr.rss")"
 
   for n in 1 2; do
     [[ -n ${ID[$t.$n]} && ${ID[$t.$n]} != null ]] || die "$t: no backup id in $LOG_DIR/$t.$([[ $n == 1 ]] && echo full || echo incr).out"
     step "$t.restore$n" "${t}_restore" "$n" "$BENCH_NS-restore-$t-$n"
     check_restore "$t" "$n" "$BENCH_NS-restore-$t-$n"
-    log "$t: restore of snapshot $n ${R[$t.restore$n.s]} s, peak RSS ${R[$t.restore$n.rss]} MB, sha256 ${R[$t.restore$n.ok]}"
+    log "$t: restore of snapshot $n $(cell "$t.restore$n.s"), peak RSS $(cell "$t.restore$n.rss"), sha256 $(cell "$t.restore$n.ok")"
   done
   rm -rf "$WORK/restic-cache" "$WORK/kopia"
 }
@@ -249,13 +260,11 @@ bench_chunk() {
   s3 mb "$bucket"
   LB_CHUNK_SIZE=$cs step "$key.init" lifeboat_init "$bucket"
   step "$key.full" lifeboat_backup 1
-  R[$key.full.stored]=$(stored "$bucket")
+  rec_usage "$key.full" "$bucket"
   step "$key.incr" lifeboat_backup 2
-  R[$key.total.stored]=$(stored "$bucket")
-  R[$key.incr.stored]=$((${R[$key.total.stored]} - ${R[$key.full.stored]}))
-  R[$key.objects]=$(objects "$bucket")
-  log "lifeboat --chunk-size $cs: full ${R[$key.full.s]} s, $(mib "${R[$key.full.stored]}") MiB;" \
-    "after 1% change +$(mib "${R[$key.incr.stored]}") MiB, ${R[$key.objects]} objects"
+  rec_usage "$key.total" "$bucket"
+  log "lifeboat --chunk-size $cs: full $(cell "$key.full.s"), $(cell "$key.full.stored");" \
+    "after 1% change $(cell "$key.incr.stored"), $(cell "$key.total.objects") objects"
 }
 
 # ---------------------------------------------------------------------------
@@ -270,7 +279,7 @@ preflight() {
   . "$LIFEBOAT_STACK_DIR/env"
   set +a
   mkdir -p "$LOG_DIR" "$WORK"
-  rm -f "$LOG_DIR"/* "$RESULTS"
+  rm -f "$LOG_DIR"/* "$RESULTS" "$MEASUREMENTS"
 
   # Cold kopia builds take minutes on 2 cores: start them before anything else.
   PEERS_PID=""
@@ -297,7 +306,8 @@ preflight() {
     done
     head -c 32 /dev/urandom >"$WORK/lifeboat.key"
   fi
-  (cd "$REPO" && go build -o "$WORK/s3tool" ./test/bench/s3tool) || die "building test/bench/s3tool failed"
+  (cd "$REPO" && go build -o "$WORK/" ./test/bench/s3tool ./test/bench/report) ||
+    die "building test/bench/s3tool and test/bench/report failed"
 }
 
 # acquire_lock: one benchmark at a time per stack. Two runs would share buckets,
@@ -380,7 +390,7 @@ forget_cluster() {
 need_osd_space() {
   local avail
   avail=$(ceph df -f json | jq '.stats.total_avail_bytes')
-  ((avail > $1)) || die "the OSD has $(mib "$avail") MiB free, the benchmark needs $(mib "$1") MiB; free space first"
+  ((avail > $1)) || die "the OSD has $((avail / MiB)) MiB free, the benchmark needs $(($1 / MiB)) MiB; free space first"
 }
 
 cleanup() {
@@ -431,17 +441,18 @@ make_volume() {
   local size_mib n_writes offsets off i
   size_mib=$(size_mib "$BENCH_SIZE")
   ((size_mib >= 64 && size_mib % 8 == 0)) || die "BENCH_SIZE=$BENCH_SIZE: want a multiple of 8 MiB, at least 64M"
-  R[size]=$((size_mib * MiB))
-  R[random]=$((size_mib * MiB * 3 / 8))
-  R[text]=$((size_mib * MiB / 4))
+  local random_mib=$((size_mib * 3 / 8)) text_mib=$((size_mib / 4))
+  rec size $((size_mib * MiB))
+  rec random $((random_mib * MiB))
+  rec text $((text_mib * MiB))
   # Room on the OSD for the volume's data, the change and one restored image, twice over.
-  need_osd_space $(((R[random] + R[text]) * 3))
+  need_osd_space $(((random_mib + text_mib) * MiB * 3))
 
   local sim=("${SIM[@]}")
   "${sim[@]}" rook >"$LOG_DIR/rook.out"
-  log "volume $BENCH_NS/vol: ${size_mib} MiB provisioned, $(mib "${R[random]}") MiB random, $(mib "${R[text]}") MiB text, the rest holes"
+  log "volume $BENCH_NS/vol: ${size_mib} MiB provisioned, $random_mib MiB random, $text_mib MiB text, the rest holes"
   "${sim[@]}" volume "$BENCH_NS/vol" "${size_mib}M" --seed "$BENCH_SEED" \
-    --fill "random:$((size_mib * 3 / 8))M,text:$((size_mib / 4))M" >"$LOG_DIR/volume.out"
+    --fill "random:${random_mib}M,text:${text_mib}M" >"$LOG_DIR/volume.out"
 
   "${sim[@]}" snapshot "$BENCH_NS/vol" --backup bench-1 >"$LOG_DIR/snapshot1.out"
   VSC[1]=$(sed -n 's/^VSC=//p' "$LOG_DIR/snapshot1.out")
@@ -449,7 +460,8 @@ make_volume() {
 
   # 1% of the provisioned size in 1 MiB writes at random 4 KiB-aligned offsets.
   n_writes=$((size_mib / 100 > 0 ? size_mib / 100 : 1))
-  R[writes]=$n_writes
+  rec writes "$n_writes"
+  # The offsets come from awk's rand(): keep it, so that a seed makes the same volume as before.
   offsets=$(awk -v seed="$BENCH_SEED" -v n="$n_writes" -v blocks=$(((size_mib - 1) * 256)) \
     'BEGIN { srand(seed); for (i = 0; i < n; i++) printf "%d\n", int(rand() * blocks) * 4096 }')
   log "the 1% change: $n_writes random 1 MiB writes"
@@ -484,91 +496,25 @@ wait_peers() {
 # ---------------------------------------------------------------------------
 # report
 
-# cell TOOL KEY KIND: one table cell. KIND s (seconds), b (bytes as MiB), mb, raw.
-cell() {
-  local v=${R[$1.$2]:-}
-  [[ -n $v ]] || { echo "—"; return; }
-  case $3 in
-    s) echo "$v s" ;;
-    b) echo "$(mib "$v") MiB" ;;
-    +b) echo "+$(mib "$v") MiB" ;;
-    mb) echo "$v MB" ;;
-    *) echo "$v" ;;
-  esac
-}
-# ratio KEY PEER: lifeboat ÷ PEER for R[*.KEY].
-ratio() {
-  local a=${R[lifeboat.$1]:-} b=${R[$2.$1]:-}
-  local num='^-?[0-9]+([.][0-9]+)?$'
-  [[ $a =~ $num && $b =~ $num && $b != 0 && $b != 0.00 ]] || { echo "—"; return; }
-  awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f×", a / b }'
-}
-row() {
-  local key=$2 kind=$3 t line="| $1 |"
-  for t in lifeboat kopia restic; do line+=" $(cell "$t" "$key" "$kind") |"; done
-  for t in kopia restic; do line+=" $(ratio "$key" "$t") |"; done
-  echo "$line"
-}
-
+# report: record what the report's header says of this run, then let
+# test/bench/report write results.md (complete or not at all).
 report() {
-  local lbver cephver lbchunk
-  lbver=$("$LIFEBOAT" version 2>/dev/null | head -n 1 || true)
-  lbchunk=${BENCH_LB_CHUNK_SIZE:-$("$LIFEBOAT" repo init --help 2>/dev/null | sed -n 's/.*--chunk-size.*(default "\([^"]*\)").*/\1/p')}
-  cephver=$(ceph --version | awk '{print $3, $5}')
-  {
-    echo "# lifeboat side-by-side benchmark"
-    echo
-    echo "$(date -u +'%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM;" \
-      "Ceph $cephver ($([[ $BENCH_CEPH == own ]] && echo "a dedicated one-node cluster" || echo "the stack's cluster"), one memstore OSD$([[ $BENCH_CEPH == own && -n $(osd_preload) ]] && echo ", daemons with tcmalloc preloaded")), MinIO on 127.0.0.1, everything on this machine;" \
-      "1-minute load average ${R[load.start]} at the start, ${R[load.end]} at the end (other work on the machine distorts the times)."
-    echo "lifeboat: ${lbver:-?}, ${lbchunk:-?} chunks$([[ $BENCH_ENCRYPT == 1 ]] && echo ", encrypted (AES-GCM)" || echo ", not encrypted")$([[ -n $BENCH_LB_PARALLEL ]] && echo ", --parallel $BENCH_LB_PARALLEL");" \
-      "kopia ${LB_KOPIA_VERSION:-} and restic ${LB_RESTIC_VERSION:-} with default settings (both encrypt; restic compresses, kopia does not by default)."
-    echo
-    echo "Volume: $(mib "${R[size]}") MiB provisioned, $(mib "${R[random]}") MiB random + $(mib "${R[text]}") MiB non-repeating text," \
-      "the rest holes; a ceph-csi snapshot (clone-v2 child), then ${R[writes]} random 1 MiB writes (1%) and a second snapshot."
-    echo "kopia and restic read \`rbd export SNAP - |\` (Velero's data mover treats a block volume as a raw stream);" \
-      "lifeboat exports the VolumeSnapshotContent. Stored = sum of object sizes in the tool's bucket." \
-      "Peak RSS is the tool's process only (not \`rbd export\`/\`rbd import\`). Ratio = lifeboat ÷ peer: below 1 is better for lifeboat."
-    echo
-    echo "| step | lifeboat | kopia | restic | lifeboat/kopia | lifeboat/restic |"
-    echo "|---|---|---|---|---|---|"
-    row "full backup, time" full.s s
-    row "full backup, stored" full.stored b
-    row "1% change, second backup, time" incr.s s
-    row "1% change, second backup, added stored" incr.stored +b
-    row "restore snapshot 1 into a new RBD image, time" restore1.s s
-    row "restore snapshot 2 into a new RBD image, time" restore2.s s
-    row "restored images = snapshots (sha256)" restore_ok raw
-    row "objects in the bucket" objects raw
-    row "peak RSS, full backup" full.rss mb
-    row "peak RSS, second backup" incr.rss mb
-    row "peak RSS, restore" restore.rss mb
-    echo
-    echo "Read limit: \`rbd export SNAP - | cat > /dev/null\` of snapshot 1: ${R[read.s]:-—} s" \
-      "($(awk -v b="${R[size]}" -v s="${R[read.s]:-0}" 'BEGIN { if (s > 0) printf "%.0f MiB/s of provisioned size", b / 1048576 / s; else print "—" }'));" \
-      "peak RSS of \`rbd export\`: ${R[read.rss]:-—} MB."
-    if [[ -n ${R[lifeboat.full.json]:-} ]]; then
-      echo
-      echo "lifeboat's own report: full \`${R[lifeboat.full.json]}\`; second \`${R[lifeboat.incr.json]}\`"
-    fi
-    if [[ -n $BENCH_CHUNK_SIZES ]]; then
-      echo
-      echo "### lifeboat chunk size (same volume, one repository per size)"
-      echo
-      echo "| chunk size | full export, time | stored after full | second export, time | added by the 1% change | stored after the 1% change | objects |"
-      echo "|---|---|---|---|---|---|---|"
-      local cs k
-      for cs in $BENCH_CHUNK_SIZES; do
-        k=chunk${cs,,}
-        echo "| $cs | $(cell "$k" full.s s) | $(cell "$k" full.stored b) | $(cell "$k" incr.s s) | $(cell "$k" incr.stored +b) | $(cell "$k" total.stored b) | $(cell "$k" objects raw) |"
-      done
-    fi
-    if ((${#FAILED[@]})); then
-      echo
-      echo "**FAILED:**"
-      printf -- '- %s\n' "${FAILED[@]}"
-    fi
-  } >"$RESULTS"
+  rec date "$(date -u +%s)"
+  rec cores "$(nproc)"
+  rec cpu "$(sed -n '/^model name/{s/^[^:]*: //p;q}' /proc/cpuinfo)"
+  rec mem_kib "$(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo)"
+  rec ceph_version "$(ceph --version)"
+  rec ceph "$BENCH_CEPH"
+  rec tcmalloc "$(osd_preload)"
+  rec lifeboat_version "$("$LIFEBOAT" version 2>/dev/null | head -n 1 || true)"
+  rec lifeboat_chunk "${BENCH_LB_CHUNK_SIZE:-$("$LIFEBOAT" repo init --help 2>/dev/null | sed -n 's/.*--chunk-size.*(default "\([^"]*\)").*/\1/p')}"
+  rec encrypt "$BENCH_ENCRYPT"
+  rec parallel "$BENCH_LB_PARALLEL"
+  rec kopia_version "${LB_KOPIA_VERSION:-}"
+  rec restic_version "${LB_RESTIC_VERSION:-}"
+  rec chunk_sizes "$BENCH_CHUNK_SIZES"
+  "$WORK/report" render "$MEASUREMENTS" >"$RESULTS.tmp"
+  mv "$RESULTS.tmp" "$RESULTS"
 }
 
 # ---------------------------------------------------------------------------
@@ -586,14 +532,16 @@ main() {
   log "benchmark: BENCH_SIZE=$BENCH_SIZE, tools: $BENCH_TOOLS, chunk sizes: ${BENCH_CHUNK_SIZES:-none}; logs in $LOG_DIR"
   setup_ceph
   cleanup  # leftovers of an interrupted run
-  R[load.start]=$(load1)
-  if awk -v l="${R[load.start]}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
-    log "WARNING: load average ${R[load.start]} on $(nproc) cores: other work will distort the times"
+  local load; load=$(load1)
+  rec load.start "$load"
+  # /proc/loadavg has two decimals: load > nproc/2 is load*100 > nproc*50.
+  if ((10#${load/./} > $(nproc) * 50)); then
+    log "WARNING: load average $load on $(nproc) cores: other work will distort the times"
   fi
   make_volume
 
   step read read_limit
-  log "read limit: rbd export | cat: ${R[read.s]} s"
+  log "read limit: rbd export | cat: $(cell read.s)"
 
   local t
   for t in $BENCH_TOOLS; do
@@ -603,18 +551,16 @@ main() {
       *) die "unknown tool '$t' in BENCH_TOOLS (restic, kopia, lifeboat)" ;;
     esac
     bench_tool "$t"
-    R[$t.restore.rss]=$(printf '%s\n' "${R[$t.restore1.rss]:-0}" "${R[$t.restore2.rss]:-0}" | sort -n | tail -n 1)
-    R[$t.restore_ok]=$([[ ${R[$t.restore1.ok]} == ok && ${R[$t.restore2.ok]} == ok ]] && echo ok || echo MISMATCH)
     if [[ $t == lifeboat ]]; then
-      R[lifeboat.full.json]=$(jq -c . "$LOG_DIR/lifeboat.full.out")
-      R[lifeboat.incr.json]=$(jq -c . "$LOG_DIR/lifeboat.incr.out")
+      rec lifeboat.full.json "$(jq -c . "$LOG_DIR/lifeboat.full.out")"
+      rec lifeboat.incr.json "$(jq -c . "$LOG_DIR/lifeboat.incr.out")"
     fi
   done
 
   local cs
   for cs in $BENCH_CHUNK_SIZES; do bench_chunk "$cs"; done
 
-  R[load.end]=$(load1)
+  rec load.end "$(load1)"
   report
   echo
   cat "$RESULTS"

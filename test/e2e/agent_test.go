@@ -105,13 +105,26 @@ agent:
 	return p
 }
 
+// startAgent runs `lifeboat run` for a world with the stack's S3
+// credentials; args are more flags (a later --log-level wins over debug).
 func startAgent(t *testing.T, w *world, kubeconfig, config, identity string, args ...string) *agent {
+	t.Helper()
+	return startAgentWith(t, s3Env(env.Get("AWS_ACCESS_KEY_ID"), env.Get("AWS_SECRET_ACCESS_KEY")), w, kubeconfig, config, identity, args...)
+}
+
+// s3Env is the environment that gives lifeboat S3 credentials.
+func s3Env(user, secret string) []string {
+	return []string{"AWS_ACCESS_KEY_ID=" + user, "AWS_SECRET_ACCESS_KEY=" + secret}
+}
+
+// startAgentWith is startAgent with the S3 credentials in creds (s3Env).
+func startAgentWith(t *testing.T, creds []string, w *world, kubeconfig, config, identity string, args ...string) *agent {
 	t.Helper()
 	a := &agent{id: identity, metrics: freePort(t), done: make(chan error, 1)}
 	base := []string{"run", "--config", config, "--kubeconfig", kubeconfig, "--driver-suffix", w.driver,
 		"--identity", identity, "--metrics-address", a.metrics, "--log-level", "debug"}
 	a.cmd = exec.Command(lifeboat, append(base, args...)...)
-	a.cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID="+env.Get("AWS_ACCESS_KEY_ID"), "AWS_SECRET_ACCESS_KEY="+env.Get("AWS_SECRET_ACCESS_KEY"))
+	a.cmd.Env = append(os.Environ(), creds...)
 	a.cmd.Stdout, a.cmd.Stderr = a, a
 	if err := a.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -238,17 +251,24 @@ func backupsIn(t *testing.T, repo []string, h string) []string {
 	return ids
 }
 
-// restoreAndCompare restores a backup into the stack's cluster and checks
-// it against the snapshot in Ceph; extra are more repository flags.
+// restoreAndCompare restores a backup from the stack's MinIO into the
+// stack's cluster and checks it against the snapshot in Ceph; extra are more
+// repository flags.
 func restoreAndCompare(t *testing.T, w *world, bucket, id string, s *sim.Snapshot, extra ...string) {
+	t.Helper()
+	restoreAndCompareEnv(t, w, nil, id, s, append([]string{"--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket}, extra...)...)
+}
+
+// restoreAndCompareEnv is restoreAndCompare with more environment (S3
+// credentials) and the repository flags in full.
+func restoreAndCompareEnv(t *testing.T, w *world, extraEnv []string, id string, s *sim.Snapshot, repoFlags ...string) {
 	t.Helper()
 	want, err := w.sim.ReadSnapshotSHA256(context.Background(), s)
 	if err != nil {
 		t.Fatal(err)
 	}
 	target := "restored-" + uuid.NewString()[:8]
-	r := runLifeboat(t, append([]string{"restore", id, "--to", w.spec(target), "--ceph-conf", env.Get("CEPH_CONF"),
-		"--s3-endpoint", env.Get("S3_ENDPOINT"), "--s3-bucket", bucket}, extra...)...)
+	r := runEnv(t, extraEnv, append([]string{"restore", id, "--to", w.spec(target), "--ceph-conf", env.Get("CEPH_CONF")}, repoFlags...)...)
 	if r.code != 0 {
 		t.Fatalf("restore %s: %s", id, r.stderr)
 	}

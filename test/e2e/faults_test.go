@@ -106,9 +106,7 @@ func (m *ownMinIO) kill() {
 
 func (m *ownMinIO) endpoint() string { return "http://" + m.addr }
 
-func (m *ownMinIO) env() []string {
-	return []string{"AWS_ACCESS_KEY_ID=" + m.user, "AWS_SECRET_ACCESS_KEY=" + m.pass}
-}
+func (m *ownMinIO) env() []string { return s3Env(m.user, m.pass) }
 
 func (m *ownMinIO) client() *minio.Client {
 	c, err := minio.New(m.addr, &minio.Options{Creds: credentials.NewStaticV4(m.user, m.pass, "")})
@@ -248,31 +246,8 @@ func exportThroughOutage(t *testing.T, w *world, m *ownMinIO, s *sim.Snapshot, d
 	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || out.ID == "" {
 		t.Fatalf("export output %q: %v", r.stdout, err)
 	}
-	restoreOwn(t, w, m, bucket, out.ID, s)
+	restoreAndCompareEnv(t, w, m.env(), out.ID, s, m.repoFlags(bucket)...)
 	return bucket
-}
-
-// restoreOwn restores a backup from m into the stack's cluster and
-// compares it with the snapshot.
-func restoreOwn(t *testing.T, w *world, m *ownMinIO, bucket, id string, s *sim.Snapshot) {
-	t.Helper()
-	want, err := w.sim.ReadSnapshotSHA256(context.Background(), s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	target := "restored-" + uuid.NewString()[:8]
-	r := runEnv(t, m.env(), append([]string{"restore", id, "--to", w.spec(target), "--ceph-conf", env.Get("CEPH_CONF")},
-		m.repoFlags(bucket)...)...)
-	if r.code != 0 {
-		t.Fatalf("restore %s: %s", id, r.stderr)
-	}
-	got, err := w.sim.ImageSHA256(context.Background(), target, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != want {
-		t.Errorf("backup %s restores to sha256 %s, the snapshot is %s", id, got, want)
-	}
 }
 
 // TestS3Outages: exports with MinIO killed mid-way and back after 5 s and

@@ -39,7 +39,7 @@ func TestObjectLockAgent(t *testing.T) {
 
 	user, secret := minioUser(t, noDeletePolicy)
 	cfg := agentConfig(t, b.name, fmt.Sprintf("  retention: {keepLast: 1}\nencryptionKeyFile: %q\n", b.keyFile))
-	a := startAgentAs(t, user, secret, w, kc, cfg, "nodelete")
+	a := startAgentWith(t, s3Env(user, secret), w, kc, cfg, "nodelete")
 	phase := func(s *sim.Snapshot) string { return w.annotations(s.ContentName)["lifeboat.io/phase"] }
 	exported := func(s *sim.Snapshot) {
 		t.Helper()
@@ -154,15 +154,4 @@ func checkAgentBackups(t *testing.T, b *bucket, want map[string]string) {
 	if len(got) != len(want) {
 		t.Fatalf("backups (id → snapshot handle) %v, want %v", got, want)
 	}
-}
-
-// startAgentAs is startAgent with the agent's S3 credentials user's, not
-// the stack's root user's: startAgent reads those from env only while it
-// starts the process.
-func startAgentAs(t *testing.T, user, secret string, w *world, kubeconfig, config, identity string) *agent {
-	t.Helper()
-	key, root := env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
-	env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = user, secret
-	defer func() { env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = key, root }()
-	return startAgent(t, w, kubeconfig, config, identity)
 }

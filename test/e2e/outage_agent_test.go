@@ -21,27 +21,6 @@ import (
 	"github.com/lifeboat-backup/lifeboat/test/sim"
 )
 
-// startAgentOn is startAgent with the agent's S3 credentials those of m
-// (startAgent gives it the stack's).
-func startAgentOn(t *testing.T, w *world, m *ownMinIO, kubeconfig, config, identity string) *agent {
-	t.Helper()
-	a := &agent{id: identity, metrics: freePort(t), done: make(chan error, 1)}
-	a.cmd = exec.Command(lifeboat, "run", "--config", config, "--kubeconfig", kubeconfig, "--driver-suffix", w.driver,
-		"--identity", identity, "--metrics-address", a.metrics, "--log-level", "info")
-	a.cmd.Env = append(os.Environ(), m.env()...)
-	a.cmd.Stdout, a.cmd.Stderr = a, a
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { err := a.cmd.Wait(); a.exited.Store(true); a.done <- err }()
-	t.Cleanup(func() {
-		_ = a.cmd.Process.Kill()
-		<-a.done
-		t.Logf("agent %s log:\n%s", identity, a.log())
-	})
-	return a
-}
-
 // outageSetup is a world, the deployed ServiceAccount's kubeconfig, a MinIO
 // of the test's own with a repository in bucket "agent", and an agent
 // config on it.
@@ -64,7 +43,7 @@ const agentOutage = 2 * time.Minute
 // it is back every pending snapshot is exported, each exactly once.
 func TestAgentRidesThroughS3Outage(t *testing.T) {
 	w, kc, m, config := outageSetup(t)
-	a := startAgentOn(t, w, m, kc, config, "outage")
+	a := startAgentWith(t, m.env(), w, kc, config, "outage", "--log-level", "info")
 	phase := func(s *sim.Snapshot) string { return w.annotations(s.ContentName)["lifeboat.io/phase"] }
 	metric := func(name string) float64 {
 		mf, err := a.scrape()
@@ -151,7 +130,7 @@ func TestAgentStartsDuringS3Outage(t *testing.T) {
 	snap := w.snapshot(w.volume("app", 16*MiB), "nightly")
 
 	m.kill()
-	a := startAgentOn(t, w, m, kc, config, "start-in-outage")
+	a := startAgentWith(t, m.env(), w, kc, config, "start-in-outage", "--log-level", "info")
 	waitFor(t, "lifeboat_objectstore_up 0 while S3 is down", 30*time.Second, func() bool {
 		mf, err := a.scrape()
 		return err == nil && value(mf, "lifeboat_objectstore_up") == 0

@@ -39,20 +39,7 @@ SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops)
 kubectl_() { KUBECONFIG=$S/kubeconfig "$LB_KUBECTL" "$@"; }
 ctr_() { ctr --address "$SOCK" --namespace k8s.io "$@"; }
 
-start_bg() {
-  local name=$1 marker=$2; shift 2
-  log "node: starting $name (log $LB_NODE_LOGS/$name.log)"
-  setsid "$@" >>"$LB_NODE_LOGS/$name.log" 2>&1 </dev/null 9>&- &
-  echo $! >"$D/run/$name.pid"
-  sleep 0.2
-  pid_alive "$D/run/$name.pid" "$marker" || { tail -n 20 "$LB_NODE_LOGS/$name.log" >&2; die "$name exited at once"; }
-}
-
-need_start() {
-  local name=$1 marker=$2 port; shift 2
-  pid_alive "$D/run/$name.pid" "$marker" && return 1
-  for port; do port_free "$port" || die "can't start $name: 127.0.0.1:$port is in use by another process"; done
-}
+BG_LOGS=$LB_NODE_LOGS BG_RUN=$D/run BG_WHO="node: "  # start_bg, need_start (stack/lib.sh)
 
 # --- sysctls and cgroups -------------------------------------------------------
 
@@ -191,24 +178,7 @@ sa_kubeconfig() {
     done
   } | quiet kubectl_ apply --server-side --field-manager=lifeboat-node -f -
   token=$(kubectl_ create token "$sa" -n kube-system --duration=8760h) || die "no token for serviceaccount kube-system/$sa"
-  (
-    umask 077
-    cat >"$f.tmp" <<YAML
-apiVersion: v1
-kind: Config
-clusters:
-- name: lifeboat
-  cluster: {server: "$KUBE_APISERVER", certificate-authority: "$KUBE_CA_FILE"}
-users:
-- name: $sa
-  user: {token: "$token"}
-contexts:
-- name: lifeboat
-  context: {cluster: lifeboat, user: $sa}
-current-context: lifeboat
-YAML
-  )
-  mv "$f.tmp" "$f"
+  token_kubeconfig "$f" "$KUBE_APISERVER" "$KUBE_CA_FILE" "$sa" "$token"
   echo "$f"
 }
 

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # The CSI snapshot control plane, kube-controller-manager, our CSI driver (lbcsi)
 # and Velero, started by up.sh after the API server and MinIO are up; stopped
-# by down.sh. Sourced (needs lib.sh and up.sh's start_bg/need_start/KUBECONFIG).
+# by down.sh. Sourced (needs lib.sh's start_bg/need_start with up.sh's BG_LOGS,
+# BG_RUN and KUBECONFIG).
 #
 # Every controller runs with its own ServiceAccount's token and the RBAC its
 # project ships (applied from the downloaded module, not copied), so a missing
@@ -29,26 +30,9 @@ kubectl_() { "$LB_KUBECTL" "$@"; }
 # sa_kubeconfig NAME NAMESPACE SA: a kubeconfig (mode 600, never in argv or
 # logs) holding a fresh token of ServiceAccount NAMESPACE/SA, for controller NAME.
 sa_kubeconfig() {
-  local name=$1 ns=$2 sa=$3 f=$D/run/kubeconfig-$1 token
+  local ns=$2 sa=$3 f=$D/run/kubeconfig-$1 token
   token=$(kubectl_ create token "$sa" -n "$ns" --duration=8760h) || die "no token for serviceaccount $ns/$sa"
-  (
-    umask 077
-    cat >"$f.tmp" <<YAML
-apiVersion: v1
-kind: Config
-clusters:
-- name: lifeboat
-  cluster: {server: "$KUBE_URL", certificate-authority: "$D/kube/serving.crt"}
-users:
-- name: $ns-$sa
-  user: {token: "$token"}
-contexts:
-- name: lifeboat
-  context: {cluster: lifeboat, user: $ns-$sa, namespace: $ns}
-current-context: lifeboat
-YAML
-  )
-  mv "$f.tmp" "$f"
+  token_kubeconfig "$f" "$KUBE_URL" "$D/kube/serving.crt" "$ns-$sa" "$token" "$ns"
   echo "$f"
 }
 

@@ -76,6 +76,52 @@ pid_alive() {
   tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$marker"
 }
 
+# start_bg NAME MARKER CMD...: start a server in its own session (so it outlives
+# this script and the caller's process group), log to $BG_LOGS/NAME.log, record
+# its pid in $BG_RUN/NAME.pid (the sourcing script sets both, and BG_WHO to
+# prefix its log lines).
+start_bg() {
+  local name=$1 marker=$2; shift 2
+  log "${BG_WHO:-}starting $name (log $BG_LOGS/$name.log)"
+  setsid "$@" >>"$BG_LOGS/$name.log" 2>&1 </dev/null 9>&- &
+  echo $! >"$BG_RUN/$name.pid"
+  sleep 0.2
+  pid_alive "$BG_RUN/$name.pid" "$marker" || { tail -n 20 "$BG_LOGS/$name.log" >&2; die "$name exited at once"; }
+}
+
+# need_start NAME MARKER PORT...: true if NAME isn't running; dies if it isn't
+# running but something else holds one of its ports.
+need_start() {
+  local name=$1 marker=$2 port; shift 2
+  pid_alive "$BG_RUN/$name.pid" "$marker" && return 1
+  for port; do port_free "$port" || die "can't start $name: 127.0.0.1:$port is in use by another process"; done
+}
+
+# token_kubeconfig FILE SERVER CA USER TOKEN [NAMESPACE]: write a kubeconfig for a
+# bearer token, mode 600 and complete or not at all (the token is a secret: it
+# stays out of argv and logs).
+token_kubeconfig() {
+  local f=$1 server=$2 ca=$3 user=$4 token=$5 ns=${6:-}
+  (
+    umask 077
+    cat >"$f.tmp" <<YAML
+apiVersion: v1
+kind: Config
+clusters:
+- name: lifeboat
+  cluster: {server: "$server", certificate-authority: "$ca"}
+users:
+- name: $user
+  user: {token: "$token"}
+contexts:
+- name: lifeboat
+  context: {cluster: lifeboat, user: $user${ns:+, namespace: $ns}}
+current-context: lifeboat
+YAML
+  )
+  mv "$f.tmp" "$f"
+}
+
 # kill_pidfile PIDFILE MARKER [SIGNAL]: stop exactly the process we started and
 # wait until it is gone (KILL after 10 s), then drop the pid file.
 kill_pidfile() {

@@ -22,24 +22,7 @@ D=$LIFEBOAT_STACK_DIR
 KUBE_URL=https://127.0.0.1:$KUBE_PORT
 export KUBECONFIG=$D/kubeconfig
 
-# start_bg NAME MARKER CMD...: start a server in its own session (so it outlives
-# this script and the caller's process group), log to logs/NAME.log, record its pid.
-start_bg() {
-  local name=$1 marker=$2; shift 2
-  log "starting $name (log $D/logs/$name.log)"
-  setsid "$@" >>"$D/logs/$name.log" 2>&1 </dev/null 9>&- &
-  echo $! >"$D/run/$name.pid"
-  sleep 0.2
-  pid_alive "$D/run/$name.pid" "$marker" || { tail -n 20 "$D/logs/$name.log" >&2; die "$name exited at once"; }
-}
-
-# need_start NAME MARKER PORT...: true if NAME isn't running; dies if it isn't
-# running but something else holds one of its ports.
-need_start() {
-  local name=$1 marker=$2 port; shift 2
-  pid_alive "$D/run/$name.pid" "$marker" && return 1
-  for port; do port_free "$port" || die "can't start $name: 127.0.0.1:$port is in use by another process"; done
-}
+BG_LOGS=$D/logs BG_RUN=$D/run  # start_bg, need_start (lib.sh)
 
 start_ceph() {
   "$HERE/ceph-cluster.sh" start "$D/ceph" "$CEPH_V2_PORT" "$CEPH_V1_PORT" 9>&-
@@ -81,22 +64,7 @@ make_kube_secrets() {
 
 token_of() { awk -F, -v u="$1" '$2 == u {print $1}' "$D/kube/tokens.csv"; }
 
-write_kubeconfig() {
-  cat >"$KUBECONFIG" <<YAML
-apiVersion: v1
-kind: Config
-clusters:
-- name: lifeboat
-  cluster: {server: "$KUBE_URL", certificate-authority: "$D/kube/serving.crt"}
-users:
-- name: admin
-  user: {token: "$(token_of admin)"}
-contexts:
-- name: lifeboat
-  context: {cluster: lifeboat, user: admin}
-current-context: lifeboat
-YAML
-}
+write_kubeconfig() { token_kubeconfig "$KUBECONFIG" "$KUBE_URL" "$D/kube/serving.crt" admin "$(token_of admin)"; }
 
 kube_ready() { "$LB_KUBECTL" get --raw /readyz; }
 

@@ -344,6 +344,7 @@ setup_ceph() {
   ceph -c "$conf" auth rm "client.$user" >/dev/null 2>&1 || true
   ceph -c "$conf" auth add "client.$user" -i "$keyring" \
     mon 'profile rbd, allow command "osd blocklist"' mgr 'allow rw' osd 'profile rbd' >/dev/null 2>&1
+  forget_csi_config
   SIM_ENV=$WORK/stack.env
   {
     grep -v '^CEPH_' "$LIFEBOAT_STACK_DIR/env"
@@ -371,6 +372,19 @@ osd_preload() {
   lib=$(ldconfig -p 2>/dev/null | awk '$1 == "libtcmalloc.so.4" {print $NF; exit}')
   [[ -n $lib ]] && echo "$lib"
   return 0
+}
+
+# forget_csi_config: drop our clusterID from lbcsi's config file ($CSI_CONFIG),
+# so that lbsim writes this run's monitors: it only adds a missing clusterID, and
+# an earlier run (other BENCH_CEPH_*_PORTs, or one killed before its cleanup)
+# may have left the entry naming monitors nothing listens on any more.
+forget_csi_config() {
+  [[ -n ${CSI_CONFIG:-} && -f $CSI_CONFIG ]] || return 0
+  (
+    flock 9
+    jq --arg id "$BENCH_CLUSTER_ID" 'map(select(.clusterID != $id))' "$CSI_CONFIG" >"$CSI_CONFIG.bench" &&
+      mv "$CSI_CONFIG.bench" "$CSI_CONFIG"
+  ) 9>"$CSI_CONFIG.lock" || log "could not remove clusterID $BENCH_CLUSTER_ID from $CSI_CONFIG"
 }
 
 # forget_cluster: drop our clusterID from Rook's ConfigMap again
@@ -429,6 +443,7 @@ on_exit() {
     cleanup
     if [[ $BENCH_CEPH == own && -d $CEPH_DIR ]]; then
       forget_cluster
+      forget_csi_config
       "$REPO/test/stack/ceph-cluster.sh" stop "$CEPH_DIR" --wipe >>"$LOG_DIR/ceph-cluster.log" 2>&1 ||
         log "could not stop the dedicated cluster in $CEPH_DIR (see $LOG_DIR/ceph-cluster.log)"
     fi

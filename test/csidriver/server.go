@@ -240,8 +240,13 @@ func (d *Driver) connect(ctx context.Context, clusterID string, secrets map[stri
 	return &conn{rados: rc, clusterID: clusterID, info: info}, nil
 }
 
-// connectTimeout bounds connecting and each monitor or OSD operation, so
-// that a cluster that is gone fails the request instead of hanging it.
+// connectTimeout bounds connecting and each monitor command, so that a
+// cluster that is gone fails the request instead of hanging it. OSD
+// operations get no timeout, as in ceph-csi (which sets none): librbd's
+// clone, snapshot and trash state machines expect their OSD ops to finish,
+// and a bound shorter than the OSDs' own failure detection (heartbeat
+// grace 20 s + interval 6 s) fails ops on a busy cluster that would have
+// gone through.
 const connectTimeout = 10 * time.Second
 
 // dial connects to the monitors as client.<user> with a cephx key, like
@@ -258,7 +263,7 @@ func dial(ctx context.Context, monitors []string, user, key string) (*rados.Conn
 	secs := strconv.Itoa(int(connectTimeout.Seconds()))
 	for _, o := range [][2]string{
 		{"mon_host", strings.Join(monitors, ",")}, {"key", key},
-		{"client_mount_timeout", secs}, {"rados_mon_op_timeout", secs}, {"rados_osd_op_timeout", secs},
+		{"client_mount_timeout", secs}, {"rados_mon_op_timeout", secs},
 		{"log_to_stderr", "false"}, {"err_to_stderr", "false"},
 	} {
 		if err := rc.SetConfigOption(o[0], o[1]); err != nil {

@@ -12,7 +12,6 @@ import (
 	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/retry"
 )
@@ -250,30 +249,15 @@ func (s *Sim) ensureSnapshotClass(ctx context.Context) error {
 	return err
 }
 
-// deletePVC removes the claim, first dropping the pvc-protection finalizer
-// the API server's admission adds (no controller runs to remove it).
+// deletePVC removes a claim at once, dropping the pvc-protection finalizer
+// instead of waiting for kube-controller-manager to (and deletePV the PV's
+// pv-protection one).
 func (s *Sim) deletePVC(ctx context.Context, ns, name string) error {
-	c := s.Kube.CoreV1().PersistentVolumeClaims(ns)
-	_, err := c.Patch(ctx, name, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
-	if err == nil {
-		err = c.Delete(ctx, name, metav1.DeleteOptions{})
-	}
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete pvc %s/%s: %w", ns, name, err)
-	}
-	return nil
+	return deleteGone(ctx, s.Kube.CoreV1().PersistentVolumeClaims(ns), "pvc "+ns+"/", name)
 }
 
 func (s *Sim) deletePV(ctx context.Context, name string) error {
-	c := s.Kube.CoreV1().PersistentVolumes()
-	_, err := c.Patch(ctx, name, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
-	if err == nil {
-		err = c.Delete(ctx, name, metav1.DeleteOptions{})
-	}
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete pv %s: %w", name, err)
-	}
-	return nil
+	return deleteGone(ctx, s.Kube.CoreV1().PersistentVolumes(), "pv ", name)
 }
 
 // DeleteNamespace deletes a namespace and clears its "kubernetes"

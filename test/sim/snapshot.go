@@ -413,47 +413,39 @@ func (s *Sim) DeleteContent(ctx context.Context, snap *Snapshot) error {
 	// back): strip them until the objects are gone.
 	vss, vscs := s.Snap.SnapshotV1().VolumeSnapshots(snap.VSNamespace), s.Snap.SnapshotV1().VolumeSnapshotContents()
 	if snap.VSName != "" {
-		errs = append(errs, deleteGone(ctx, "volumesnapshot "+snap.VSNamespace+"/"+snap.VSName,
-			func(ctx context.Context) (metav1.Object, error) {
-				return vss.Get(ctx, snap.VSName, metav1.GetOptions{})
-			},
-			func(ctx context.Context, p []byte) error {
-				_, err := vss.Patch(ctx, snap.VSName, types.MergePatchType, p, metav1.PatchOptions{})
-				return err
-			},
-			func(ctx context.Context) error { return vss.Delete(ctx, snap.VSName, metav1.DeleteOptions{}) }))
+		errs = append(errs, deleteGone(ctx, vss, "volumesnapshot "+snap.VSNamespace+"/", snap.VSName))
 	}
 	if snap.ContentName != "" {
-		errs = append(errs, deleteGone(ctx, "volumesnapshotcontent "+snap.ContentName,
-			func(ctx context.Context) (metav1.Object, error) {
-				return vscs.Get(ctx, snap.ContentName, metav1.GetOptions{})
-			},
-			func(ctx context.Context, p []byte) error {
-				_, err := vscs.Patch(ctx, snap.ContentName, types.MergePatchType, p, metav1.PatchOptions{})
-				return err
-			},
-			func(ctx context.Context) error { return vscs.Delete(ctx, snap.ContentName, metav1.DeleteOptions{}) }))
+		errs = append(errs, deleteGone(ctx, vscs, "volumesnapshotcontent ", snap.ContentName))
 	}
 	return errors.Join(errs...)
 }
 
+// deletable is what deleteGone needs of a typed client.
+type deletable[T metav1.Object] interface {
+	purgeable[T]
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (T, error)
+}
+
 // deleteGone deletes an object and waits until it is gone, clearing its
-// finalizers as often as a controller puts them back. Missing is success.
-func deleteGone(ctx context.Context, what string, get func(context.Context) (metav1.Object, error),
-	patch func(context.Context, []byte) error, del func(context.Context) error) error {
-	return waitFor(ctx, what+" to go", func(ctx context.Context) (bool, error) {
-		o, err := get(ctx)
+// finalizers as often as a controller puts them back: the real
+// snapshot-controller's, and kube-controller-manager's pvc- and
+// pv-protection, which re-add theirs to an object not yet being deleted.
+// Missing is success.
+func deleteGone[T metav1.Object](ctx context.Context, c deletable[T], kind, name string) error {
+	return waitFor(ctx, kind+name+" to go", func(ctx context.Context) (bool, error) {
+		o, err := c.Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return true, nil
 		}
 		if err != nil {
 			return false, err
 		}
-		if len(o.GetFinalizers()) > 0 {
-			err = patch(ctx, []byte(`{"metadata":{"finalizers":null}}`))
+		if o.GetDeletionTimestamp() == nil {
+			err = c.Delete(ctx, name, metav1.DeleteOptions{})
 		}
-		if err == nil && o.GetDeletionTimestamp() == nil {
-			err = del(ctx)
+		if err == nil && len(o.GetFinalizers()) > 0 {
+			_, err = c.Patch(ctx, name, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
 		}
 		if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
 			err = nil

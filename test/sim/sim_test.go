@@ -34,12 +34,12 @@ func newSim(t *testing.T, mod func(*sim.Options)) (*sim.Sim, sim.Env, context.Co
 	t.Cleanup(cancel)
 	opts := env.Options()
 	// The stack's csi-provisioner and csi-snapshotter serve the default
-	// driver. These tests check the fabricated objects, so they take a
-	// driver of their own; TestLivePath takes the stack's.
-	live := opts.LiveDriver != ""
-	if live {
-		opts.Driver = uniq("sim") + ".rbd.csi.ceph.com"
-	}
+	// driver - also when this env is Reef's, which shares the Pacific
+	// stack's API server but names no CSI endpoint: they would provision
+	// the claims made here before the Sim makes their PVs. These tests
+	// check the fabricated objects, so they take a driver of their own;
+	// TestLivePath takes the stack's.
+	opts.Driver = uniq("sim") + ".rbd.csi.ceph.com"
 	if mod != nil {
 		mod(&opts)
 	}
@@ -48,13 +48,11 @@ func newSim(t *testing.T, mod func(*sim.Options)) (*sim.Sim, sim.Env, context.Co
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
-	if live {
-		t.Cleanup(func() {
-			if err := s.DeleteClasses(context.Background()); err != nil {
-				t.Error(err)
-			}
-		})
-	}
+	t.Cleanup(func() {
+		if err := s.DeleteClasses(context.Background()); err != nil {
+			t.Error(err)
+		}
+	})
 	return s, env, ctx
 }
 
